@@ -1,0 +1,97 @@
+"""Backend registry and array-type dispatch.
+
+A backend is a module implementing exactly the functions in
+:data:`BACKEND_FUNCTIONS` with the signatures of
+:mod:`sparsegat.backends.numpy_backend` (the reference). Backends are imported
+lazily: numba and cupy are touched only when chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any, Iterable
+
+from ..arrays import array_kind
+
+#: The function set every backend implements, name for name.
+BACKEND_FUNCTIONS = ("forward", "backward", "weights")
+
+#: Backend name -> (module, array kind it takes, what to install).
+_BACKENDS = {
+    "numpy": ("sparsegat.backends.numpy_backend", "numpy", None),
+    "numba": ("sparsegat.backends.numba_backend", "numpy", "numba"),
+    "cupy": ("sparsegat.backends.cupy_backend", "cupy", "cupy"),
+}
+BACKEND_NAMES = tuple(_BACKENDS)
+ENV_VAR = "SPARSEGAT_BACKEND"
+
+_loaded: dict[str, ModuleType] = {}
+
+
+def _check_name(name: Any, argument: str = "backend") -> str:
+    if not isinstance(name, str) or name not in _BACKENDS:
+        raise ValueError(f"{argument} must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
+    return name
+
+
+def is_available(name: str) -> bool:
+    """True when backend ``name`` can be imported here (its package is installed)."""
+    _check_name(name)
+    requirement = _BACKENDS[name][2]
+    if requirement is None:
+        return True
+    return importlib.util.find_spec(requirement) is not None
+
+
+def available_backends() -> list[str]:
+    """Names of the backends whose packages are installed."""
+    return [n for n in BACKEND_NAMES if is_available(n)]
+
+
+def get_backend(name: str) -> ModuleType:
+    """Import (once) and return backend ``name``, checking it implements the function set."""
+    _check_name(name)
+    if name not in _loaded:
+        module_name, _, requirement = _BACKENDS[name]
+        if not is_available(name):
+            raise ValueError(f"backend {name!r} is not available: {requirement} is not installed "
+                             f"(pip install 'sparsegat[{'cuda12' if name == 'cupy' else name}]')")
+        module = importlib.import_module(module_name)
+        missing = [f for f in BACKEND_FUNCTIONS if not callable(getattr(module, f, None))]
+        if missing:
+            raise RuntimeError(f"backend {name!r} lacks {missing}")
+        _loaded[name] = module
+    return _loaded[name]
+
+
+def array_kind_of(arrays: Iterable[tuple[str, Any]]) -> str:
+    """The common array kind of named arrays (None entries skipped); TypeError when mixed."""
+    kinds = {}
+    for arg, a in arrays:
+        if a is None:
+            continue
+        kind = array_kind(a)
+        if kind is None:
+            raise TypeError(f"{arg} must be a NumPy or CuPy array, got {type(a).__name__}")
+        kinds.setdefault(kind, arg)
+    if len(kinds) > 1:
+        raise TypeError("arrays of different kinds: " + ", ".join(f"{a} is {k}" for k, a in kinds.items()))
+    return next(iter(kinds), "numpy")
+
+
+def select_backend(kind: str, backend: str | None = None) -> str:
+    """Name of the backend for arrays of ``kind``: ``backend``, else $SPARSEGAT_BACKEND, else by kind."""
+    source = "backend"
+    if backend is None and os.environ.get(ENV_VAR):
+        backend, source = os.environ[ENV_VAR], ENV_VAR
+    if backend is None:
+        if kind == "cupy":
+            return "cupy"
+        return "numba" if is_available("numba") else "numpy"
+    _check_name(backend, source)
+    takes = _BACKENDS[backend][1]
+    if takes != kind:
+        raise TypeError(f"{source}={backend!r} takes {takes} arrays, but the inputs are {kind} arrays")
+    return backend
