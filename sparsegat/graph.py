@@ -327,8 +327,6 @@ def _validate_csr(indptr: Any, indices: Any, n_dst: int, n_src: int) -> None:
     if lo < 0 or hi >= n_src:
         bad = lo if lo < 0 else hi
         raise ValueError(f"indices must lie in [0, n_src={n_src}), got {bad}")
-    if max(n_dst, n_src, nnz) > INT32_MAX and indices.dtype == np.int32 and indptr.dtype == np.int32:
-        raise ValueError(f"int32 indices overflow for shape ({n_dst}, {n_src}) with {nnz} edges")
     # Within a row, indices must strictly increase; a drop is allowed only where a new row starts.
     bad = indices[1:] <= indices[:-1]
     if bool(bad.any()):
