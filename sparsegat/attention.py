@@ -19,7 +19,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _real(name: str, value: Any) -> float:
     """A finite real number from a Python/NumPy scalar or a size-1 array."""
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if hasattr(value, "shape") and getattr(value, "size", 0) == 1:
         value = value.reshape(()).item() if hasattr(value, "reshape") else value

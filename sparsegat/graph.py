@@ -41,6 +41,8 @@ def _check_shape(shape: Any) -> tuple[int, int]:
 def _as_index_array(name: str, a: Any, xp: Any) -> Any:
     """Return ``a`` as a 1-D int32/int64 array of namespace ``xp`` (a copy)."""
     arr = xp.asarray(a)
+    if isinstance(a, (list, tuple)) and arr.size == 0:
+        arr = arr.astype(np.int64)  # an empty Python list is an empty edge list, not float data
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got an array of shape {tuple(arr.shape)}")
     if arr.dtype.kind not in "iu":
@@ -139,8 +141,8 @@ class CSRGraph:
         index_dtype : dtype, optional
             int32 or int64; by default the smallest that fits.
         """
-        src = _as_index_array("src", to_numpy(src), np)
-        dst = _as_index_array("dst", to_numpy(dst), np)
+        src = _as_index_array("src", src if isinstance(src, (list, tuple)) else to_numpy(src), np)
+        dst = _as_index_array("dst", dst if isinstance(dst, (list, tuple)) else to_numpy(dst), np)
         if src.shape != dst.shape:
             raise ValueError(f"src and dst must have the same length, got {src.shape[0]} and {dst.shape[0]}")
         for name, a in (("src", src), ("dst", dst)):

@@ -40,6 +40,8 @@ def _head_matrix(g: Any, values: np.ndarray) -> sp.csr_matrix:
 def _scatter_sum(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """``out[i] = sum of values[e] over e with index[e] == i``, deterministic, shape (n, *values.shape[1:])."""
     e = index.shape[0]
+    if e == 0:
+        return np.zeros((n,) + values.shape[1:], dtype=values.dtype)
     onehot = sp.csr_matrix((np.ones(e, dtype=values.dtype), (index, np.arange(e))), shape=(n, e))
     return np.asarray(onehot @ values.reshape(e, -1)).reshape((n,) + values.shape[1:])
 
@@ -54,7 +56,11 @@ def _leaky_relu_grad(z: np.ndarray, slope: float) -> np.ndarray:
 
 def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(x / max(norm(x), eps), max(norm(x), eps))`` over the last axis."""
-    norm = np.maximum(np.sqrt(np.sum(x * x, axis=-1)), x.dtype.type(COSINE_EPS))
+    # Scale by the largest entry first so that squaring cannot overflow.
+    big = np.max(np.abs(x), axis=-1, keepdims=True)
+    big = np.where(big > 0, big, x.dtype.type(1))
+    norm = big[..., 0] * np.sqrt(np.sum((x / big) ** 2, axis=-1))
+    norm = np.maximum(norm, x.dtype.type(COSINE_EPS))
     return x / norm[..., None], norm
 
 
@@ -111,15 +117,18 @@ def _scores(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any, spec
     return s
 
 
-def _softmax(g: Any, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row softmax of the scores: ``(p, lse)`` with ``p = exp(s - lse[row])``."""
+def _softmax(g: Any, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row softmax of the scores: ``(p, m, log_denom)``, ``p = exp((s - m[row]) - log_denom[row])``.
+
+    The row max ``m`` and ``log_denom`` stay separate: folding them into one
+    log-sum-exp would lose ``log_denom`` to rounding when ``|m|`` is huge.
+    """
     m = _segment_max(s, g.indptr)
     rows = g.row_ids()
-    denom = _segment_sum(np.exp(s - m[rows]), g.indptr)
-    nonempty = g.indptr[1:] > g.indptr[:-1]
-    lse = m.copy()
-    lse[nonempty] += np.log(denom[nonempty])
-    return np.exp(s - lse[rows]), lse
+    shifted = s - m[rows]
+    denom = _segment_sum(np.exp(shifted), g.indptr)
+    log_denom = np.log(np.maximum(denom, 1))  # 1 for empty rows, whose value is unused
+    return np.exp(shifted - log_denom[rows]), m, log_denom
 
 
 def _dropped(p: np.ndarray, spec: AttentionSpec) -> np.ndarray:
@@ -141,15 +150,15 @@ def _aggregate(g: Any, a: np.ndarray, v: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- the function set
 def weights(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any, spec: AttentionSpec) -> np.ndarray:
     """Attention weights of every edge, (nnz, H) in CSR order, after dropout."""
-    p, _ = _softmax(g, _scores(g, q, k, att, edge_bias, spec))
+    p, _, _ = _softmax(g, _scores(g, q, k, att, edge_bias, spec))
     return _dropped(p, spec)
 
 
 def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
             spec: AttentionSpec) -> tuple[np.ndarray, dict]:
-    """Scores, row softmax, dropout, aggregation; saves the per-row log-sum-exp (n_dst, H)."""
-    p, lse = _softmax(g, _scores(g, q, k, att, edge_bias, spec))
-    return _aggregate(g, _dropped(p, spec), v), {"lse": lse}
+    """Scores, row softmax, dropout, aggregation; saves the row max and log-denominator (n_dst, H)."""
+    p, m, log_denom = _softmax(g, _scores(g, q, k, att, edge_bias, spec))
+    return _aggregate(g, _dropped(p, spec), v), {"m": m, "log_denom": log_denom}
 
 
 def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
@@ -158,7 +167,7 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
     rows, cols = g.row_ids(), _cols(g)
     heads = v.shape[1]
     s = _scores(g, q, k, att, edge_bias, spec)
-    p = np.exp(s - saved["lse"][rows])
+    p = np.exp((s - saved["m"][rows]) - saved["log_denom"][rows])
     a = _dropped(p, spec)
 
     grads: dict = {}

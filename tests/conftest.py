@@ -1,0 +1,36 @@
+"""Shared pytest configuration: hypothesis profiles and the import path of the helpers.
+
+Hypothesis profiles (pick one with the ``HYPOTHESIS_PROFILE`` environment variable;
+the default is ``ci``):
+
+- ``ci``: modest ``max_examples`` so the whole core suite stays within a few minutes
+  on a small CI machine;
+- ``dev``: the hypothesis default (100 examples per property);
+- ``thorough``: 1000 examples per property, for hunting bugs before a release.
+
+Every profile sets ``deadline=None``: the first call of a backend compiles kernels
+(numba, CUDA) or builds cached structures, so per-example timings are meaningless.
+
+The helper modules ``strategies.py`` and ``dense_reference.py`` live next to the
+tests; this directory is put on ``sys.path`` so that any test file can write
+``from strategies import csr_graphs`` whatever pytest's import mode.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from hypothesis import HealthCheck, settings
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+_COMMON = dict(deadline=None, print_blob=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+settings.register_profile("ci", max_examples=25, **_COMMON)
+settings.register_profile("dev", max_examples=100, **_COMMON)
+settings.register_profile("thorough", max_examples=1000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
