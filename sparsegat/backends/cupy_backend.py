@@ -1,0 +1,87 @@
+"""The ``cupy`` backend: fused, deterministic CUDA kernels through ``cupy.RawModule``.
+
+The kernels are the C++ templates in ``sparsegat/cuda/*.cu`` (templated on value type
+float/double, index type int/long long, score function, vector width and register
+tile), instantiated through NVRTC ``name_expressions``. Everything between the
+public API and a launch (segment plans, launch geometry, scratch buffers, argument
+types, merge and reduction passes) lives in :mod:`sparsegat.backends.cuda_launch`,
+which the emulated tests run on the CPU; this module only adds CuPy: compiling and
+caching modules, launching kernels, allocating arrays.
+
+Compiled modules are memoised per device and kernel configuration (score, dtypes,
+vector width, tile); CuPy also caches the binaries on disk, keyed by the source text.
+
+This module imports CuPy; the registry imports it only when CuPy arrays or
+``backend="cupy"`` are used. See ``docs/cuda.md``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Sequence
+
+import cupy
+
+from ..spec import AttentionSpec
+from . import cuda_launch
+
+#: (device id, name expression) -> cupy.RawKernel
+_FUNCTIONS: dict[tuple[int, str], Any] = {}
+#: (device id, names of one configuration) -> cupy.RawModule (kept alive)
+_MODULES: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+@lru_cache(maxsize=1)
+def _source() -> str:
+    return cuda_launch.module_source()
+
+
+class CupyRuntime:
+    """:class:`cuda_launch.Runtime` over CuPy arrays and RawModule kernels."""
+
+    xp = cupy
+
+    @staticmethod
+    def _device() -> int:
+        return cupy.cuda.runtime.getDevice()
+
+    def prepare(self, names: Sequence[str]) -> None:
+        dev = self._device()
+        if all((dev, n) in _FUNCTIONS for n in names):
+            return
+        key = (dev, tuple(names))
+        module = cupy.RawModule(code=_source(), options=cuda_launch.NVRTC_OPTIONS,
+                                name_expressions=tuple(names))
+        for n in names:
+            _FUNCTIONS[(dev, n)] = module.get_function(n)
+        _MODULES[key] = module
+
+    def launch(self, name: str, grid: tuple, block: tuple, args: tuple) -> None:
+        kernel = _FUNCTIONS.get((self._device(), name))
+        if kernel is None:
+            self.prepare([name])
+            kernel = _FUNCTIONS[(self._device(), name)]
+        kernel(tuple(int(x) for x in grid), tuple(int(x) for x in block), args)
+
+    @staticmethod
+    def pointer(a: Any) -> int:
+        return int(a.data.ptr)
+
+
+_RUNTIME = CupyRuntime()
+
+
+def forward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec) -> tuple[Any, dict]:
+    """Fused forward; saves the per-row max score and log-denominator, (n_dst, H) each."""
+    return cuda_launch.forward(g, q, k, v, att, edge_bias, spec, _RUNTIME)
+
+
+def backward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec,
+             out: Any, saved: dict, dout: Any) -> dict:
+    """Deterministic backward (no floating-point atomics): bitwise identical from run to run."""
+    return cuda_launch.backward(g, q, k, v, att, edge_bias, spec, out, saved, dout, _RUNTIME)
+
+
+def weights(g: Any, q: Any, k: Any, att: Any, edge_bias: Any, spec: AttentionSpec) -> Any:
+    """Attention weights (nnz, H) in CSR order, after dropout."""
+    return cuda_launch.weights(g, q, k, att, edge_bias, spec, _RUNTIME)
