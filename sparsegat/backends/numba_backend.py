@@ -1,0 +1,191 @@
+"""The ``numba`` backend: fused, parallel CPU kernels (see ``docs/numba.md``).
+
+A thin module: it prepares outputs and per-graph structures and calls the kernels
+of :mod:`sparsegat.numba_kernels`, specialised on the score in use. Importing it
+imports numba; the registry imports it only when the backend is chosen.
+Threads follow ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``.
+
+Compiled specialisations are kept few: the score is baked into each kernel
+(one kernel family per score, built on first use), the edge bias is a runtime
+flag, and graph indices are handed to the kernels as int32 whenever the graph
+fits in int32 (an int64 graph that fits gets int32 copies, cached on the graph),
+so the kernels compile once per (score, float dtype) in practice and int64
+kernels only for graphs beyond int32's range. Set :data:`NATIVE_INDEX_DTYPE`
+to True to always use the graph's own index dtype (the tests do, once).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..numba_kernels.backward import backward_kernels, pack_rows
+from ..numba_kernels.forward import cosine_unit, forward_kernel, weights_kernel
+from ..numba_kernels.partition import balanced_chunks
+from ..numba_kernels.scores import ADDITIVE, COSINE, SCORE_IDS
+from ..spec import COSINE_EPS, TAU_SCORES, AttentionSpec
+
+#: Hand the kernels the graph's own index dtype even when int32 would do.
+NATIVE_INDEX_DTYPE = False
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _kernel_index_dtype(g: Any) -> np.dtype:
+    if NATIVE_INDEX_DTYPE or g.index_dtype == np.int32:
+        return g.index_dtype
+    fits = max(g.n_dst, g.n_src, g.nnz) < _INT32_MAX
+    return np.dtype(np.int32) if fits else g.index_dtype
+
+
+def _csr(g: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(indptr, indices, row_chunks)`` as the kernels take them (cached on the graph)."""
+    dtype = _kernel_index_dtype(g)
+
+    def build() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        indptr, indices = g.indptr.astype(dtype, copy=False), g.indices.astype(dtype, copy=False)
+        return _ro(indptr), _ro(indices), _ro(balanced_chunks(indptr))
+
+    return g.cached(f"numba.csr.{dtype}", build)
+
+
+def _transposed(g: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(t_indptr, t_indices, t_perm, col_chunks)`` as the kernels take them (cached)."""
+    dtype = _kernel_index_dtype(g)
+
+    def build() -> tuple[np.ndarray, ...]:
+        t = tuple(a.astype(dtype, copy=False) for a in g.transposed())
+        return tuple(_ro(a) for a in t + (balanced_chunks(t[0]),))
+
+    return g.cached(f"numba.transposed.{dtype}", build)
+
+
+#: Outputs are allocated on 64-byte (cache-line) boundaries: rows of 2^k bytes then never
+#: straddle a line, and OpenBLAS's ``a.T @ b`` (the weight gradient ``x.T @ dv`` of a layer)
+#: runs ~25x faster on this machine when ``a`` is 64-byte aligned (see docs/numba.md).
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple, dtype: Any) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = (-buf.ctypes.data) % ALIGNMENT
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a``: every array a kernel only reads is passed read-only, so
+    that Numba (which types read-only and writeable arrays apart) compiles one variant
+    whether the caller's arrays (or the graph's, which are read-only) are writeable or not."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def _dummy(dtype: np.dtype, ndim: int) -> np.ndarray:
+    return _ro(np.zeros((1,) * ndim, dtype=dtype))
+
+
+def _score_inputs(q: np.ndarray, k: np.ndarray, spec: AttentionSpec) -> tuple:
+    """``(q, k, qnorm, knorm)`` as the kernels take them: for ``cosine`` the unit vectors
+    ``x / max(norm x, eps)`` and ``(n, H, 2)`` arrays of ``(1 / max(norm, eps), norm > eps)``
+    (recomputed when needed, never saved); the inputs themselves otherwise."""
+    if SCORE_IDS[spec.score] != COSINE:
+        return _ro(q), _ro(k), None, None
+    out = []
+    for x in (q, k):
+        unit = np.empty_like(x)
+        norms = np.empty(x.shape[:2] + (2,), dtype=x.dtype)
+        cosine_unit(_ro(x), x.dtype.type(COSINE_EPS), unit, norms)
+        out.append((_ro(unit), _ro(norms)))
+    return out[0][0], out[1][0], out[0][1], out[1][1]
+
+
+def _options(q: np.ndarray, att: Any, edge_bias: Any, qnorm: Any, knorm: Any,
+             spec: AttentionSpec) -> tuple:
+    """The kernels' arguments after ``k``/``v``: ``att, bias, has_bias, qnorm, knorm``, the
+    scalars ``tau, slope, scale`` and the dropout ``dropout, seed_key, threshold, keep_scale``."""
+    t = q.dtype.type
+    scale = 1.0 / math.sqrt(q.shape[2]) if q.ndim == 3 else 1.0
+    dummy3 = _dummy(q.dtype, 3)
+    return (_ro(att) if att is not None else _dummy(q.dtype, 2),
+            _ro(edge_bias) if edge_bias is not None else _dummy(q.dtype, 2), edge_bias is not None,
+            dummy3 if qnorm is None else qnorm, dummy3 if knorm is None else knorm,
+            t(spec.tau), t(spec.negative_slope), t(scale),
+            bool(spec.dropout > 0.0), np.uint64(spec.seed_key), np.uint64(spec.threshold),
+            t(spec.keep_scale))
+
+
+def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
+            spec: AttentionSpec) -> tuple[np.ndarray, dict]:
+    """Attention forward; saves the row maxima and inverse row sums, (n_dst, H) each."""
+    n_dst, heads, dv = g.shape[0], v.shape[1], v.shape[2]
+    out = aligned_empty((n_dst, heads, dv), v.dtype)
+    rowmax = np.empty((n_dst, heads), dtype=v.dtype)
+    rowinv = np.empty((n_dst, heads), dtype=v.dtype)
+    qs, ks, qn, kn = _score_inputs(q, k, spec)
+    indptr, indices, chunks = _csr(g)
+    forward_kernel(spec.score)(indptr, indices, chunks, qs, ks, _ro(v),
+                               *_options(q, att, edge_bias, qn, kn, spec), out, rowmax, rowinv)
+    return out, {"rowmax": rowmax, "rowinv": rowinv}
+
+
+def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
+             spec: AttentionSpec, out: np.ndarray, saved: dict, dout: np.ndarray) -> dict:
+    """Gradients of every input; deterministic (no atomics, fixed reduction order)."""
+    source_pass, dest_pass = backward_kernels(spec.score)
+    dtype = v.dtype
+    n_dst, heads = out.shape[0], out.shape[1]
+    qs, ks, qn, kn = _score_inputs(q, k, spec)
+    options = _options(q, att, edge_bias, qn, kn, spec)
+    att_, qn, kn, scalars = options[0], options[3], options[4], options[5:8]
+
+    additive = SCORE_IDS[spec.score] == ADDITIVE
+    pack = aligned_empty((n_dst, heads, 4), dtype)
+    pack_rows(_ro(out), _ro(dout), _ro(saved["rowmax"]), _ro(saved["rowinv"]),
+              _ro(q) if additive else _dummy(dtype, 2), additive, pack)
+
+    t_indptr, t_indices, t_perm, tchunks = _transposed(g)
+    ds = aligned_empty((g.nnz, heads), dtype)
+    dk = aligned_empty(k.shape, dtype)
+    dv = aligned_empty(v.shape, dtype)
+    source_pass(t_indptr, t_indices, t_perm, tchunks, qs, ks, _ro(v), *options, _ro(dout), _ro(pack),
+                ds, dk, dv)
+
+    indptr, indices, chunks = _csr(g)
+    nchunks = chunks.shape[0] - 1
+    dq = aligned_empty(q.shape, dtype)
+    att_part = np.empty(((nchunks,) + att.shape) if att is not None else (1, 1, 1), dtype=dtype)
+    tau_part = np.empty(max(nchunks, 1), dtype=dtype)
+    dest_pass(indptr, indices, chunks, qs, ks, att_, qn, kn, *scalars, _ro(ds), dq, att_part, tau_part)
+
+    grads = {"q": dq, "k": dk, "v": dv}
+    if att is not None:
+        grads["att"] = _ordered_sum(att_part[:nchunks], att.shape, dtype)
+    if spec.score in TAU_SCORES:
+        grads["tau"] = _ordered_sum(tau_part[:nchunks], (), dtype)
+    if edge_bias is not None:
+        grads["edge_bias"] = ds
+    return grads
+
+
+def _ordered_sum(parts: np.ndarray, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """Sum of per-chunk partials, one chunk after another (a fixed order)."""
+    total = np.zeros(shape, dtype=dtype)
+    for p in parts:
+        total += p
+    return total
+
+
+def weights(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any,
+            spec: AttentionSpec) -> np.ndarray:
+    """The (nnz, H) attention weights after softmax (and dropout), in CSR order."""
+    w = aligned_empty((g.nnz, q.shape[1]), q.dtype)
+    qs, ks, qn, kn = _score_inputs(q, k, spec)
+    indptr, indices, chunks = _csr(g)
+    weights_kernel(spec.score)(indptr, indices, chunks, qs, ks, *_options(q, att, edge_bias, qn, kn, spec), w)
+    return w

@@ -1,0 +1,306 @@
+"""Node-classification data sets: ``.npz`` files in the shared layout and a built-in synthetic graph.
+
+The file layout (``../shared/data/README.md``): ``indptr``, ``indices`` (the graph as
+CSR, row ``i`` = node ``i``, columns = the nodes it receives messages from);
+node features either sparse (``x_indptr``, ``x_indices``, ``x_data``, ``x_shape``)
+or dense (``x``); ``y`` (integer labels); ``train_mask``, ``val_mask``, ``test_mask``
+(booleans). Files are opened with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .graph import CSRGraph
+
+__all__ = ["Dataset", "DatasetError", "load_npz", "synthetic", "row_normalize"]
+
+
+class DatasetError(ValueError):
+    """A data file that cannot be used, with the reason."""
+
+
+@dataclass
+class Dataset:
+    """A node-classification problem.
+
+    Attributes
+    ----------
+    name : str
+    graph : CSRGraph
+        Square, without the self-loops the layers add themselves.
+    x : ndarray (n, d) or scipy.sparse.csr_matrix
+        Node features (float32).
+    y : ndarray (n,) int64
+    train_mask, val_mask, test_mask : ndarray (n,) bool
+    num_classes : int
+    """
+
+    name: str
+    graph: CSRGraph
+    x: Any
+    y: np.ndarray
+    train_mask: np.ndarray
+    val_mask: np.ndarray
+    test_mask: np.ndarray
+    num_classes: int
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def features_sparse(self) -> bool:
+        return not isinstance(self.x, np.ndarray)
+
+    def majority_accuracy(self, mask: np.ndarray | None = None) -> float:
+        """Accuracy on ``mask`` (default: the test nodes) of always predicting the majority class.
+
+        The majority class is the most common label outside the test nodes (the
+        training split alone is often balanced, which would make the baseline
+        meaningless).
+        """
+        mask = self.test_mask if mask is None else mask
+        majority = int(np.bincount(self.y[~self.test_mask], minlength=self.num_classes).argmax())
+        return float((self.y[mask] == majority).mean())
+
+    def describe(self) -> str:
+        if self.features_sparse:
+            density = self.x.nnz / max(1, self.x.shape[0] * self.x.shape[1])
+            feats = f"{self.num_features} features (sparse, {100 * density:.1f}% non-zero)"
+        else:
+            feats = f"{self.num_features} features (dense)"
+        return (f"{self.name}: {self.num_nodes} nodes, {self.graph.nnz} edges, {feats}, "
+                f"{self.num_classes} classes, {int(self.train_mask.sum())}/{int(self.val_mask.sum())}/"
+                f"{int(self.test_mask.sum())} train/val/test nodes")
+
+
+def row_normalize(x: Any) -> Any:
+    """Divide every row by its sum (rows summing to 0 stay 0): PyG's ``NormalizeFeatures`` for non-negative features.
+
+    Works on dense arrays and scipy.sparse matrices (returns CSR); float32 stays float32.
+    """
+    import scipy.sparse as sp
+
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
+        sums = np.asarray(x.sum(axis=1)).ravel()
+        scale = np.divide(1.0, sums, out=np.zeros_like(sums, dtype=np.float64), where=sums != 0)
+        out = x.multiply(scale[:, None].astype(x.dtype)).tocsr()
+        out.sort_indices()
+        return out
+    x = np.asarray(x)
+    sums = x.sum(axis=1, keepdims=True)
+    safe = np.where(sums == 0, 1, sums)
+    return (x / safe).astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------- npz files
+def _fail(path: Any, msg: str) -> DatasetError:
+    return DatasetError(f"{os.fspath(path)}: {msg}")
+
+
+def _int_array(path: Any, data: dict, key: str) -> np.ndarray:
+    a = data[key]
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise _fail(path, f"'{key}' must be a 1-D integer array, got shape {a.shape} dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
+    """Load a data set in the layout of ``shared/data/README.md``.
+
+    Raises
+    ------
+    DatasetError (a ValueError)
+        With the file name and what is wrong: not a readable ``.npz`` archive,
+        pickled (object) arrays, missing keys, wrong shapes or dtypes, indices
+        out of range, labels that are negative, masks that are not boolean or
+        select no node.
+    FileNotFoundError
+        When ``path`` does not exist.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise _fail(path, "is a directory, not an .npz file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise _fail(path, f"not a readable .npz archive ({exc})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise _fail(path, "holds a single array; expected an .npz archive with indptr, indices, features, y and masks")
+    data: dict[str, np.ndarray] = {}
+    with archive:
+        for key in archive.files:
+            try:
+                data[key] = archive[key]
+            except ValueError:
+                raise _fail(path, f"array '{key}' is an object array, which would need unpickling; refused") from None
+            except (OSError, zipfile.BadZipFile, EOFError) as exc:
+                raise _fail(path, f"array '{key}' cannot be read ({exc})") from None
+    required = ["indptr", "indices", "y", "train_mask", "val_mask", "test_mask"]
+    sparse_keys = ["x_indptr", "x_indices", "x_data", "x_shape"]
+    missing = [k for k in required if k not in data]
+    has_sparse = all(k in data for k in sparse_keys)
+    if not has_sparse and "x" not in data:
+        missing.append("x (or x_indptr, x_indices, x_data, x_shape)")
+    if missing:
+        raise _fail(path, f"missing arrays {', '.join(missing)} (found {', '.join(sorted(data)) or 'none'})")
+
+    y = data["y"]
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise _fail(path, f"'y' must be a 1-D integer array of labels, got shape {y.shape} dtype {y.dtype}")
+    n = int(y.shape[0])
+    if n == 0:
+        raise _fail(path, "'y' is empty: the data set has no nodes")
+    if int(y.min()) < 0:
+        raise _fail(path, f"labels must be >= 0, got {int(y.min())}")
+    y = y.astype(np.int64)
+    num_classes = int(y.max()) + 1
+
+    indptr, indices = _int_array(path, data, "indptr"), _int_array(path, data, "indices")
+    if indptr.shape[0] != n + 1:
+        raise _fail(path, f"'indptr' must have length n + 1 = {n + 1} for {n} labelled nodes, got {indptr.shape[0]}")
+    if indptr[0] != 0 or indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0):
+        raise _fail(path, f"'indptr' must start at 0, never decrease and end at len(indices) = {indices.shape[0]}")
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n):
+        raise _fail(path, f"'indices' must lie in [0, {n}), got values from {int(indices.min())} to {int(indices.max())}")
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    try:
+        graph = CSRGraph.from_edge_index(indices, rows, num_src=n, num_dst=n)
+    except ValueError as exc:  # pragma: no cover - ranges were checked above
+        raise _fail(path, f"bad graph: {exc}") from None
+
+    if has_sparse:
+        import scipy.sparse as sp
+
+        x_shape = data["x_shape"]
+        if x_shape.shape != (2,) or x_shape.dtype.kind not in "iu":
+            raise _fail(path, f"'x_shape' must be two integers, got {x_shape!r}")
+        rows_x, cols_x = int(x_shape[0]), int(x_shape[1])
+        if rows_x != n or cols_x < 1:
+            raise _fail(path, f"'x_shape' is ({rows_x}, {cols_x}) but there are {n} nodes")
+        x_indptr, x_indices = _int_array(path, data, "x_indptr"), _int_array(path, data, "x_indices")
+        x_data = data["x_data"]
+        if x_data.ndim != 1 or x_data.dtype.kind not in "biuf":
+            raise _fail(path, f"'x_data' must be a 1-D numeric array, got shape {x_data.shape} dtype {x_data.dtype}")
+        if (x_indptr.shape[0] != n + 1 or x_indptr[0] != 0 or x_indptr[-1] != x_indices.shape[0]
+                or x_data.shape[0] != x_indices.shape[0] or np.any(np.diff(x_indptr) < 0)):
+            raise _fail(path, "feature CSR arrays are inconsistent: x_indptr must have length n + 1, start at 0, "
+                              "never decrease and end at len(x_indices) = len(x_data)")
+        if x_indices.size and (int(x_indices.min()) < 0 or int(x_indices.max()) >= cols_x):
+            raise _fail(path, f"'x_indices' must lie in [0, {cols_x})")
+        x = sp.csr_matrix((x_data.astype(np.float32), x_indices, x_indptr), shape=(n, cols_x))
+        x.sum_duplicates()
+    else:
+        x = data["x"]
+        if x.ndim != 2 or x.shape[0] != n or x.dtype.kind not in "biuf" or x.shape[1] < 1:
+            raise _fail(path, f"'x' must be a numeric array of shape ({n}, features), got shape {x.shape} dtype {x.dtype}")
+        x = x.astype(np.float32)
+    if not np.isfinite(x.data if has_sparse else x).all():
+        raise _fail(path, "features contain NaN or infinity")
+
+    masks = {}
+    for key in ("train_mask", "val_mask", "test_mask"):
+        m = data[key]
+        if m.dtype != np.bool_ or m.shape != (n,):
+            raise _fail(path, f"'{key}' must be a boolean array of shape ({n},), got shape {m.shape} dtype {m.dtype}")
+        if not m.any():
+            raise _fail(path, f"'{key}' selects no node")
+        masks[key] = m.copy()
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    return Dataset(name, graph, x, y, masks["train_mask"], masks["val_mask"], masks["test_mask"], num_classes)
+
+
+# ---------------------------------------------------------------------- synthetic data
+def synthetic(num_nodes: int = 1600, num_classes: int = 4, num_features: int = 16, degree: float = 4.0,
+              homophily: float = 0.8, distractors: float = 0.5, distractor_degree: float = 6.0,
+              signal: float = 1.3, distractor_scale: float = 1.0, flag: float = 2.0, flag_features: int = 8,
+              train_per_class: int = 20, num_val: int = 500, num_test: int = 1000, seed: int = 0) -> Dataset:
+    """A contextual stochastic block model with distractor nodes, where attention pays off.
+
+    * ``num_nodes`` labelled nodes: class ``y`` uniform over ``num_classes``;
+      features ``signal * mu_y + N(0, I)`` in ``num_features - flag_features``
+      dimensions (the class means ``mu_c`` are random unit vectors), and
+      ``flag_features`` more features that are 0. Their edges (mean degree
+      ``degree``) stay within the class with probability ``homophily``.
+    * ``distractors * num_nodes`` unlabelled distractor nodes (in no split) that
+      look like ordinary nodes of a random class, ``signal * mu_c +
+      distractor_scale * N(0, I)``, except for the flag features, which are
+      ``flag``; each labelled node gets about ``distractor_degree`` of them as
+      neighbours, uniformly at random. (The flag is repeated over several
+      features so that input dropout cannot hide it.)
+
+    The graph is symmetric, without self-loops. With the defaults 60% of a
+    node's neighbours are distractors whose features point to random classes:
+    a mean over neighbours (a GCN, or a GAT with its attention frozen,
+    ``sparsegat train --uniform-attention``) mixes their misleading messages
+    into every node, while attention can learn from the flag to ignore them
+    (GAT's attention ranks a node's neighbours by a score of the source alone
+    plus a constant, which is exactly what this needs). With the default
+    ``sparsegat train`` (300 epochs), seeds 0, 1, 2 give test accuracies of
+    0.69 / 0.78 / 0.89 with attention against 0.58 / 0.71 / 0.79 with uniform
+    attention; the majority class gets 0.26. Splits as Planetoid's:
+    ``train_per_class`` training nodes per class, then ``num_val`` validation and
+    ``num_test`` test nodes, all among the labelled nodes.
+    """
+    if num_nodes < num_classes * train_per_class + num_val + num_test:
+        raise ValueError(f"num_nodes={num_nodes} is too small for the splits "
+                         f"({num_classes}*{train_per_class} + {num_val} + {num_test})")
+    if not 1 <= flag_features < num_features:
+        raise ValueError(f"need 1 <= flag_features < num_features, got {flag_features} and {num_features}")
+    rng = np.random.default_rng(seed)
+    n = int(num_nodes)
+    n_noise = int(round(distractors * n))
+    total = n + n_noise
+    d = num_features - flag_features
+    y = rng.integers(0, num_classes, size=n)
+    mu = rng.normal(size=(num_classes, d))
+    mu /= np.linalg.norm(mu, axis=1, keepdims=True)
+    x = np.zeros((total, num_features), dtype=np.float32)
+    x[:n, :d] = signal * mu[y] + rng.normal(size=(n, d))
+    fake = rng.integers(0, num_classes, size=n_noise)
+    x[n:, :d] = signal * mu[fake] + distractor_scale * rng.normal(size=(n_noise, d))
+    x[n:, d:] = flag
+
+    # Labelled-labelled edges: each node starts degree/2 of them (symmetrised below).
+    m = int(round(n * degree / 2))
+    src = rng.integers(0, n, size=m)
+    dst = rng.integers(0, n, size=m)
+    same = rng.random(m) < homophily
+    by_class = [np.flatnonzero(y == c) for c in range(num_classes)]
+    for c in range(num_classes):
+        pick = same & (y[src] == c)
+        dst[pick] = rng.choice(by_class[c], size=int(pick.sum()))
+    # Distractor edges: distractor_degree per labelled node on average.
+    if n_noise:
+        m2 = int(round(n * distractor_degree))
+        src = np.concatenate([src, n + rng.integers(0, n_noise, size=m2)])
+        dst = np.concatenate([dst, rng.integers(0, n, size=m2)])
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    graph = CSRGraph.from_edge_index(np.concatenate([src, dst]), np.concatenate([dst, src]),
+                                     num_src=total, num_dst=total)
+
+    order = rng.permutation(n)
+    train = np.zeros(total, dtype=bool)
+    for c in range(num_classes):
+        train[order[y[order] == c][:train_per_class]] = True
+    rest = order[~train[order]]
+    val = np.zeros(total, dtype=bool)
+    test = np.zeros(total, dtype=bool)
+    val[rest[:num_val]] = True
+    test[rest[num_val:num_val + num_test]] = True
+    labels = np.concatenate([y, rng.integers(0, num_classes, size=n_noise)]).astype(np.int64)
+    return Dataset("synthetic CSBM with distractors", graph, x, labels, train, val, test, int(num_classes))

@@ -1,0 +1,277 @@
+"""Dense building blocks: Linear, ELU, ReLU, Dropout and the Sequential container."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..arrays import namespace
+from . import init
+from .module import (Module, as_input, check_positive_int, check_probability, input_kind, is_sparse,
+                     sparse_t_matmul)
+
+
+def _map(f: Callable[[Any], Any], x: Any) -> Any:
+    """Apply ``f`` to an array, or to each element of a tuple of arrays (residual streams)."""
+    if isinstance(x, tuple):
+        return tuple(None if a is None else f(a) for a in x)
+    return f(x)
+
+
+def _map2(f: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
+    if isinstance(a, tuple):
+        return tuple(None if (u is None or v is None) else f(u, v) for u, v in zip(a, b))
+    return None if a is None or b is None else f(a, b)
+
+
+class Linear(Module):
+    """``y = x @ W + b``.
+
+    Parameters
+    ----------
+    in_dim, out_dim : int
+        Feature sizes.
+    bias : bool
+        Learn ``b``.
+    dtype : float32 (default) or float64
+    seed : int, optional
+        Initialisation as PyG's ``Linear(..., weight_initializer="glorot")``:
+        Glorot-uniform ``W``, ``b ~ U(-1/sqrt(in_dim), 1/sqrt(in_dim))``.
+
+    ``params``: ``W (in_dim, out_dim)``, ``b (out_dim,)``.
+
+    ``x`` may be dense ``(n, in_dim)`` or a scipy.sparse / cupyx sparse matrix
+    (bag-of-words features): the product is then sparse @ dense, and backward
+    computes only ``dW = x.T @ dy`` and returns ``None`` (no gradient flows into
+    sparse inputs).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, *, dtype: Any = np.float32,
+                 seed: Any = None) -> None:
+        super().__init__(dtype, seed)
+        self.in_dim = check_positive_int("in_dim", in_dim)
+        self.out_dim = check_positive_int("out_dim", out_dim)
+        self.params["W"] = init.glorot((self.in_dim, self.out_dim), self._rng, self.dtype)
+        if bias:
+            self.params["b"] = init.uniform_fan_in((self.out_dim,), self.in_dim, self._rng, self.dtype)
+        self._cache: Any = None
+
+    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+        kind = input_kind(x)
+        x, sparse = as_input(x, self.dtype)
+        if x.shape[1] != self.in_dim:
+            raise ValueError(f"Linear expects {self.in_dim} input features, got x of shape {tuple(x.shape)}")
+        W = self._param("W", kind)
+        y = x @ W
+        if "b" in self.params:
+            y += self._param("b", kind)
+        self._cache = (x, sparse)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        if self._cache is None:
+            raise RuntimeError("Linear.backward called before forward")
+        x, sparse = self._cache
+        self.grads["W"] = sparse_t_matmul(x, dy)
+        if "b" in self.params:
+            self.grads["b"] = dy.sum(axis=0)
+        if sparse:
+            return None
+        return dy @ self.params["W"].T
+
+    def extra_repr(self) -> str:
+        return f"{self.in_dim}, {self.out_dim}, bias={'b' in self.params}"
+
+
+class ELU(Module):
+    """``y = x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise (elementwise; tuples map)."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, got {alpha!r}")
+        self._cache: Any = None
+
+    def _one(self, x: Any) -> Any:
+        xp = namespace(x)
+        neg = xp.minimum(x, 0)
+        xp.expm1(neg, out=neg)
+        if self.alpha != 1.0:
+            neg *= self.alpha
+        y = xp.maximum(x, 0)
+        y += neg
+        return y
+
+    def _grad(self, dy: Any, y: Any) -> Any:
+        # dy/dx = 1 where x > 0 (exactly where y > 0), y + alpha elsewhere
+        xp = namespace(dy)
+        if self.alpha == 1.0:
+            # y + 1 > 1 exactly where y > 0, and lies in (0, 1] elsewhere: min(y + 1, 1) is the derivative
+            d = y + 1.0
+            xp.minimum(d, 1.0, out=d)
+            d *= dy
+            return d
+        return xp.where(y > 0, dy, dy * (y + self.alpha))
+
+    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+        y = _map(self._one, x)
+        self._cache = y
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        return _map2(self._grad, dy, self._cache)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class ReLU(Module):
+    """``y = max(x, 0)`` (elementwise; tuples map)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: Any = None
+
+    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+        self._cache = _map(lambda a: a > 0, x)
+        return _map(lambda a: namespace(a).maximum(a, 0), x)
+
+    def backward(self, dy: Any) -> Any:
+        return _map2(lambda a, m: a * m, dy, self._cache)
+
+
+class Dropout(Module):
+    """Feature dropout: in training, zero each entry with probability ``p`` and scale the rest by ``1/(1-p)``.
+
+    The identity when ``training=False`` or ``p == 0``. Sparse inputs stay
+    sparse: only their stored entries are dropped (dropping a zero changes
+    nothing), and no gradient flows back into them. Masks come from the
+    layer's own generator (``seed=``); on CuPy from a CuPy generator seeded
+    from it. Tuples (residual streams) get independent masks.
+    """
+
+    def __init__(self, p: float = 0.5, *, seed: Any = None) -> None:
+        super().__init__(seed=seed)
+        self.p = check_probability("p", p)
+        self._cache: Any = None
+        self._cupy_rng: Any = None
+
+    def _moved(self, device: str) -> None:
+        self._cupy_rng = None
+
+    def _uniform(self, kind: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        if kind == "cupy":
+            if self._cupy_rng is None:
+                cupy = namespace("cupy")
+                self._cupy_rng = cupy.random.RandomState(int(self._rng.integers(0, 2**63)))
+            return self._cupy_rng.random_sample(shape, dtype=dtype)
+        return self._rng.random(shape, dtype=dtype)
+
+    def _keep(self, kind: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        """Boolean keep mask of the given shape: each entry kept with probability ``1 - p``."""
+        if kind == "cupy":
+            return self._uniform(kind, shape, np.float32 if dtype == np.float32 else np.float64) >= self.p
+        # Raw 32-bit draws compared with round(p * 2**32): exact to 2**-32, and about twice
+        # as fast as drawing floats.
+        size = int(np.prod(shape))
+        bits = self._rng.bit_generator.random_raw((size + 1) // 2).view(np.uint32)[:size]
+        return (bits >= np.uint32(min(round(self.p * 2**32), 2**32 - 1))).reshape(shape)
+
+    def _one(self, x: Any) -> tuple[Any, Any]:
+        kind = input_kind(x)
+        scale = 1.0 / (1.0 - self.p)
+        if is_sparse(x):
+            # Keep only the surviving entries: the sparse products downstream get cheaper.
+            xp = namespace(kind)
+            x = x.tocsr()
+            keep = self._keep(kind, (int(x.nnz),), x.dtype)
+            kept_before = xp.zeros(int(x.nnz) + 1, dtype=x.indptr.dtype)
+            xp.cumsum(keep, dtype=kept_before.dtype, out=kept_before[1:])
+            indptr = kept_before[x.indptr]
+            pos = xp.flatnonzero(keep)
+            data = x.data.take(pos)
+            data *= x.dtype.type(scale)
+            return type(x)((data, x.indices.take(pos), indptr), shape=x.shape), None
+        keep = self._keep(kind, tuple(x.shape), x.dtype)
+        y = x * keep
+        y *= x.dtype.type(scale)
+        return y, keep
+
+    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+        if not training or self.p == 0.0:
+            self._cache = "identity"
+            return x
+        out = _map(self._one, x)
+        if isinstance(x, tuple):
+            self._cache = tuple(None if o is None else o[1] for o in out)
+            return tuple(None if o is None else o[0] for o in out)
+        self._cache = out[1]
+        return out[0]
+
+    def _grad(self, dy: Any, keep: Any) -> Any:
+        dx = dy * keep
+        dx *= dx.dtype.type(1.0 / (1.0 - self.p))
+        return dx
+
+    def backward(self, dy: Any) -> Any:
+        if isinstance(self._cache, str):
+            return dy
+        return _map2(self._grad, dy, self._cache)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Sequential(Module):
+    """Layers applied in order; ``backward`` runs them in reverse.
+
+    Every layer gets the same graph ``g`` and ``training`` flag. Parameters are
+    named ``"<index>.<name>"`` (``"0.W"``, ``"2.att_src"``). Backward stops early
+    (returning ``None``) when a layer returns ``None``, as a layer fed sparse
+    features does.
+    """
+
+    def __init__(self, *layers: Module) -> None:
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential takes sparsegat.nn layers, got {type(layer).__name__} at position {i}")
+        self.layers: list[Module] = list(layers)
+
+    def children(self) -> list[tuple[str, Module]]:
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def append(self, layer: Module) -> "Sequential":
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential takes sparsegat.nn layers, got {type(layer).__name__}")
+        self.layers.append(layer)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __iter__(self) -> Iterable[Module]:
+        return iter(self.layers)
+
+    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+        for layer in self.layers:
+            x = layer.forward(x, g, training=training)
+        return x
+
+    def backward(self, dy: Any) -> Any:
+        for layer in reversed(self.layers):
+            if dy is None:
+                return None
+            dy = layer.backward(dy)
+        return dy
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

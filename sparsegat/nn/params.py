@@ -1,0 +1,82 @@
+"""Parameter files: ``.npz`` archives of plain numeric arrays, never unpickled."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from ..arrays import array_kind, namespace, to_numpy
+from .module import Module
+
+
+def save_params(model: Module, path: str | os.PathLike) -> None:
+    """Write every parameter of ``model`` to the ``.npz`` file ``path``.
+
+    Keys are the qualified names of :meth:`Module.named_parameters` (``"0.W"``,
+    ``"2.att_src"``); arrays are copied to the host. numpy adds ``.npz`` to a
+    path without it. Object (or other non-numeric) arrays are refused with
+    ``ValueError``, so every file we write loads with ``allow_pickle=False``.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a sparsegat.nn layer or model, got {type(model).__name__}")
+    arrays = {}
+    for name, layer, key in model.named_parameters():
+        a = to_numpy(layer.params[key])
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"parameter {name!r} has dtype {a.dtype}; only numeric arrays can be saved")
+        arrays[name] = a
+    np.savez(path, **arrays)
+
+
+def load_params(model: Module, path: str | os.PathLike, strict: bool = True) -> Module:
+    """Read parameters written by :func:`save_params` into ``model``, in place; returns ``model``.
+
+    The file is opened with ``allow_pickle=False``: object arrays are refused
+    with ``ValueError`` and nothing is ever unpickled. Every array must match the
+    name and shape of a parameter of ``model``; it is converted to that
+    parameter's dtype and array library (so a file saved from a GPU model loads
+    into a CPU model and back). With ``strict=True`` (default) missing or
+    unexpected names are errors too. Nothing is changed unless the whole file
+    is valid.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a sparsegat.nn layer or model, got {type(model).__name__}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not a parameter file (.npz): {exc}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{os.fspath(path)!r} holds a single array, not a parameter file (.npz)")
+    targets = {name: (layer, key) for name, layer, key in model.named_parameters()}
+    loaded: dict[str, np.ndarray] = {}
+    with archive:
+        for name in archive.files:
+            try:
+                a = archive[name]
+            except ValueError as exc:
+                raise ValueError(f"{os.fspath(path)!r}: array {name!r} cannot be loaded without "
+                                 f"unpickling ({exc}); object arrays are refused") from None
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"{os.fspath(path)!r}: array {name!r} has dtype {a.dtype}; "
+                                 f"only numeric arrays are accepted")
+            loaded[name] = a
+    unexpected = sorted(set(loaded) - set(targets))
+    missing = sorted(set(targets) - set(loaded))
+    if strict and (unexpected or missing):
+        raise ValueError(f"{os.fspath(path)!r} does not match the model: missing {missing}, unexpected {unexpected}")
+    for name in sorted(set(loaded) & set(targets)):
+        layer, key = targets[name]
+        if tuple(loaded[name].shape) != tuple(layer.params[key].shape):
+            raise ValueError(f"{os.fspath(path)!r}: {name!r} has shape {tuple(loaded[name].shape)}, "
+                             f"the model's has {tuple(layer.params[key].shape)}")
+    for name in sorted(set(loaded) & set(targets)):
+        layer, key = targets[name]
+        current = layer.params[key]
+        xp = namespace(array_kind(current) or "numpy")
+        layer.params[key] = xp.asarray(loaded[name].astype(current.dtype))
+    return model

@@ -1,0 +1,192 @@
+"""Forward kernels: one sweep per destination row with an online softmax.
+
+``forward_kernel(score)`` and ``weights_kernel(score)`` build (once per score,
+lazily) a parallel kernel specialised on that score; Numba then compiles it per
+argument types (float32/float64; the index dtype) the first time each
+combination is called and caches the machine code on disk (``cache=True``).
+
+Rows are processed in chunks of roughly equal work (:mod:`.partition`); a
+``prange`` over the chunks spreads them over Numba's threads. Inside a row, for
+each edge and head: the score, an online (running-max) softmax update and the
+weighted sum of values, accumulated in a small per-chunk buffer of ``H x Dv``
+numbers and written to ``out[i]`` once. The rows of ``v`` (and ``k``) a few
+edges ahead are prefetched. The pass saves the row maxima and the inverse row
+sums, ``(n_dst, H)`` each, for backward.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._source import SOURCE_DIGEST
+from .dropout import keep
+from .fastexp import exp
+from .intrinsics import PREFETCH_DISTANCE, prefetch_row
+from .scores import FASTMATH, SCORE_IDS, edge_score
+
+#: Options shared by every kernel: parallel (``prange``), cached on disk, the fast-math
+#: flags of :data:`.scores.FASTMATH`, ``error_model="numpy"`` (no ZeroDivisionError
+#: checks: divisions follow IEEE), and the GIL released while a kernel runs.
+KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+
+
+@functools.lru_cache(maxsize=None)
+def forward_kernel(score: str):
+    """The forward kernel of ``score`` (built on first use)."""
+    SID = SCORE_IDS[score]
+    DIGEST = SOURCE_DIGEST  # part of the cache key (see _source.py)
+
+    @njit(**KERNEL_OPTIONS)
+    def attention_forward_rows(indptr, indices, chunks, q, k, v, att, bias, has_bias, qnorm, knorm,
+                               tau, slope, scale, dropout, seed_key, threshold, keep_scale,
+                               out, rowmax, rowinv):
+        DIGEST  # noqa: B018 - keeps the source digest in the closure: a cache key
+        H = v.shape[1]
+        Dv = v.shape[2]
+        zero = v.dtype.type(0)
+        one = v.dtype.type(1)
+        for c in prange(chunks.shape[0] - 1):
+            m = np.empty(H, v.dtype)
+            l = np.empty(H, v.dtype)
+            acc = np.empty((H, Dv), v.dtype)
+            edge_end = indptr[chunks[c + 1]]
+            for i in range(chunks[c], chunks[c + 1]):
+                start = indptr[i]
+                stop = indptr[i + 1]
+                for h in range(H):
+                    for d in range(Dv):
+                        acc[h, d] = zero
+                for e in range(start, stop):
+                    if e + PREFETCH_DISTANCE < edge_end:
+                        jn = indices[e + PREFETCH_DISTANCE]
+                        prefetch_row(v, jn)
+                        prefetch_row(k, jn)
+                    j = indices[e]
+                    vj = v[j]
+                    for h in range(H):
+                        s, _ = edge_score(SID, q, i, k, j, h, att, qnorm, knorm, tau, slope, scale)
+                        if has_bias:
+                            s += bias[e, h]
+                        if e == start:
+                            m[h] = s
+                            l[h] = one
+                            w = one
+                        elif s > m[h]:
+                            corr = exp(m[h] - s)
+                            m[h] = s
+                            l[h] = l[h] * corr + one
+                            for d in range(Dv):
+                                acc[h, d] *= corr
+                            w = one
+                        else:
+                            w = exp(s - m[h])
+                            l[h] += w
+                        if dropout:
+                            if not keep(seed_key, e, H, h, threshold):
+                                continue
+                            w = w * keep_scale
+                        for d in range(Dv):
+                            acc[h, d] += w * vj[h, d]
+                oi = out[i]
+                if stop > start:
+                    for h in range(H):
+                        inv = one / l[h]
+                        for d in range(Dv):
+                            oi[h, d] = acc[h, d] * inv
+                        rowmax[i, h] = m[h]
+                        rowinv[i, h] = inv
+                else:
+                    for h in range(H):
+                        for d in range(Dv):
+                            oi[h, d] = zero
+                        rowmax[i, h] = zero
+                        rowinv[i, h] = zero
+
+    return attention_forward_rows
+
+
+@functools.lru_cache(maxsize=None)
+def weights_kernel(score: str):
+    """The kernel that writes the (nnz, H) attention weights of ``score``."""
+    SID = SCORE_IDS[score]
+    DIGEST = SOURCE_DIGEST  # part of the cache key (see _source.py)
+
+    @njit(**KERNEL_OPTIONS)
+    def attention_weights_rows(indptr, indices, chunks, q, k, att, bias, has_bias, qnorm, knorm,
+                               tau, slope, scale, dropout, seed_key, threshold, keep_scale, w):
+        DIGEST  # noqa: B018 - keeps the source digest in the closure: a cache key
+        H = w.shape[1]
+        zero = w.dtype.type(0)
+        one = w.dtype.type(1)
+        for c in prange(chunks.shape[0] - 1):
+            m = np.empty(H, w.dtype)
+            l = np.empty(H, w.dtype)
+            edge_end = indptr[chunks[c + 1]]
+            for i in range(chunks[c], chunks[c + 1]):
+                start = indptr[i]
+                stop = indptr[i + 1]
+                for e in range(start, stop):
+                    if e + PREFETCH_DISTANCE < edge_end:
+                        prefetch_row(k, indices[e + PREFETCH_DISTANCE])
+                    j = indices[e]
+                    for h in range(H):
+                        s, _ = edge_score(SID, q, i, k, j, h, att, qnorm, knorm, tau, slope, scale)
+                        if has_bias:
+                            s += bias[e, h]
+                        w[e, h] = s
+                        if e == start or s > m[h]:
+                            m[h] = s
+                if stop == start:
+                    continue
+                for h in range(H):
+                    l[h] = zero
+                for e in range(start, stop):
+                    for h in range(H):
+                        x = exp(w[e, h] - m[h])
+                        w[e, h] = x
+                        l[h] += x
+                for h in range(H):
+                    l[h] = one / l[h]
+                for e in range(start, stop):
+                    for h in range(H):
+                        a = w[e, h] * l[h]
+                        if dropout:
+                            a = a * keep_scale if keep(seed_key, e, H, h, threshold) else zero
+                        w[e, h] = a
+
+    return attention_weights_rows
+
+
+@njit(parallel=True, cache=True, error_model="numpy", nogil=True)
+def cosine_unit(x, eps, unit, norms):
+    """Unit vectors and norm floors of the cosine score, without fast-math.
+
+    ``unit[n, h] = x[n, h] / max(norm, eps)``, ``norms[n, h] = (1 / max(norm, eps),
+    1 if norm > eps else 0)``. The norm is scaled by the largest entry first, as the
+    reference does, so that squaring cannot overflow (float64 entries of 1e200,
+    float32 of 1e25). The kernels then work on the unit vectors only, so no product
+    of raw entries (which may overflow where the cosine cannot) is ever formed.
+    """
+    one = x.dtype.type(1)
+    zero = x.dtype.type(0)
+    for n in prange(x.shape[0]):
+        for h in range(x.shape[1]):
+            big = zero
+            for d in range(x.shape[2]):
+                big = max(big, abs(x[n, h, d]))
+            norm = zero
+            if big > zero:
+                acc = zero
+                for d in range(x.shape[2]):
+                    t = x[n, h, d] / big
+                    acc += t * t
+                norm = big * math.sqrt(acc)
+            floor = norm if norm > eps else eps
+            for d in range(x.shape[2]):
+                unit[n, h, d] = x[n, h, d] / floor
+            norms[n, h, 0] = one / floor
+            norms[n, h, 1] = one if norm > eps else zero

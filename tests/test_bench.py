@@ -1,0 +1,462 @@
+"""``sparsegat bench``: graph files, synthetic graphs, sweep parsing, timing, JSON, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+
+from sparsegat import CSRGraph, attention_forward
+from sparsegat.bench import cli, graphs, readers, report, timing
+from sparsegat.bench.cli import main
+
+HAS_NUMPY_BACKEND = importlib.util.find_spec("sparsegat.backends.numpy_backend") is not None
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+HAS_PYG = all(importlib.util.find_spec(m) is not None for m in ("torch", "torch_geometric"))
+needs_numpy_backend = pytest.mark.skipif(not HAS_NUMPY_BACKEND, reason="numpy backend not written yet")
+
+TINY = ["--nodes", "200", "--degree", "4", "--heads", "2", "--features", "4", "--repeat", "1",
+        "--warmup", "0", "--backends", "numpy", "--no-pyg", "-q"]
+
+
+def dense(g: CSRGraph) -> np.ndarray:
+    return g.to_scipy().toarray()
+
+
+# ---------------------------------------------------------------------------- readers: valid files
+
+
+def test_read_scipy_npz_any_format(tmp_path):
+    A = sp.random(30, 50, density=0.1, format="csr", random_state=0)
+    for fmt in ("csr", "coo", "csc"):
+        path = tmp_path / f"a_{fmt}.npz"
+        sp.save_npz(path, A.asformat(fmt))
+        bg = readers.read_graph(path)
+        assert bg.graph.shape == (30, 50)
+        assert bg.graph.nnz == A.nnz
+        np.testing.assert_array_equal(dense(bg.graph) != 0, A.toarray() != 0)
+        assert bg.family == "file:npz"
+
+
+def test_read_npz_indptr_indices_layout(tmp_path):
+    # The layout of shared/data (e.g. cora.npz): square, n = len(indptr) - 1; unsorted rows are fine.
+    indptr = np.array([0, 2, 3, 3, 5])
+    indices = np.array([3, 1, 0, 2, 1])
+    path = tmp_path / "g.npz"
+    np.savez(path, indptr=indptr, indices=indices, y=np.zeros(4))
+    g = readers.read_graph(path).graph
+    assert g.shape == (4, 4) and g.nnz == 5
+    np.testing.assert_array_equal(g.indices[:2], [1, 3])  # canonicalised
+    path2 = tmp_path / "rect.npz"
+    np.savez(path2, indptr=indptr, indices=indices, shape=np.array([4, 7]))
+    assert readers.read_graph(path2).graph.shape == (4, 7)
+
+
+def test_read_shared_cora_if_present():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cora.npz")
+    if not os.path.exists(path):
+        pytest.skip("shared/data/cora.npz not present")
+    g = readers.read_graph(path).graph
+    assert g.shape == (2708, 2708) and g.nnz == 10556
+
+
+def test_read_matrix_market(tmp_path):
+    A = sp.random(20, 20, density=0.2, format="coo", random_state=1)
+    path = tmp_path / "a.mtx"
+    scipy.io.mmwrite(str(path), A)
+    g = readers.read_graph(path).graph
+    assert g.shape == (20, 20) and g.nnz == A.nnz
+    # A symmetric file stores one triangle; both come back.
+    S = sp.coo_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], dtype=float))
+    spath = tmp_path / "s.mtx"
+    scipy.io.mmwrite(str(spath), S, symmetry="symmetric")
+    assert readers.read_graph(spath).graph.nnz == 4
+
+
+def test_read_edge_list(tmp_path):
+    path = tmp_path / "g.txt"
+    path.write_text("# a comment\n% another\n\n0 1\n1\t2 0.5\n2,0\n0 1\n   3 0  \n")
+    bg = readers.read_graph(path)
+    g = bg.graph
+    assert g.shape == (4, 4)
+    assert g.nnz == 4  # the repeated 0 1 is merged
+    A = dense(g)
+    # line "u v" is the edge u -> v: row v (destination), column u (source)
+    assert A[1, 0] and A[2, 1] and A[0, 2] and A[0, 3]
+    assert bg.family == "file:edgelist"
+
+
+def test_symmetrize(tmp_path):
+    path = tmp_path / "g.edges"
+    path.write_text("0 1\n1 2\n")
+    g = readers.read_graph(path, symmetrize=True).graph
+    A = dense(g)
+    np.testing.assert_array_equal(A, A.T)
+    assert g.nnz == 4
+
+
+# ---------------------------------------------------------------------------- readers: malformed files
+
+
+def _npz(tmp_path, name="bad.npz", **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.arange(3)}, "neither a scipy.sparse matrix"),
+    ({"indptr": np.array([0, 2, 1]), "indices": np.array([0, 1])}, "decreases"),
+    ({"indptr": np.array([1, 2]), "indices": np.array([0, 1])}, "indptr[0] must be 0"),
+    ({"indptr": np.array([0, 3]), "indices": np.array([0])}, "indptr[-1]=3"),
+    ({"indptr": np.array([0, 1, 2]), "indices": np.array([0, 5])}, "out of range"),
+    ({"indptr": np.array([0, 1]), "indices": np.array([0.5])}, "must hold integers"),
+    ({"indptr": np.zeros((2, 2), dtype=int), "indices": np.array([0])}, "must be 1-D"),
+    ({"indptr": np.array([], dtype=int), "indices": np.array([], dtype=int)}, "empty"),
+    ({"indptr": np.array([0, 1]), "indices": np.array([0]), "shape": np.array([3, 3])}, "rows"),
+])
+def test_malformed_npz(tmp_path, arrays, message):
+    path = _npz(tmp_path, **arrays)
+    with pytest.raises(ValueError, match="bad.npz") as info:
+        readers.read_graph(path)
+    assert message in str(info.value)
+
+
+def test_malformed_npz_files(tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"this is not a zip file at all")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        readers.read_graph(garbage)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, indptr=np.array([0, 1], dtype=object), indices=np.array([0]))
+    with pytest.raises(ValueError, match="objects.npz"):  # never unpickled
+        readers.read_graph(objects)
+    broken = tmp_path / "broken_scipy.npz"
+    np.savez(broken, format=np.array(b"csr"), shape=np.array([2, 2]), data=np.ones(1),
+             indices=np.array([5]), indptr=np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="broken_scipy.npz"):
+        readers.read_graph(broken)
+
+
+def test_malformed_mtx(tmp_path):
+    bad = tmp_path / "bad.mtx"
+    bad.write_text("this is not matrix market\n1 2 3\n")
+    with pytest.raises(ValueError, match="not a valid Matrix Market"):
+        readers.read_graph(bad)
+    truncated = tmp_path / "trunc.mtx"
+    truncated.write_text("%%MatrixMarket matrix coordinate real general\n3 3 4\n1 1 1.0\n")
+    with pytest.raises(ValueError, match="trunc.mtx"):
+        readers.read_graph(truncated)
+    dense_file = tmp_path / "dense.mtx"
+    scipy.io.mmwrite(str(dense_file), np.eye(3))
+    with pytest.raises(ValueError, match="dense"):
+        readers.read_graph(dense_file)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0 1\n1 x\n", "line 2: node ids must be integers"),
+    ("0 1\n7\n", "line 2: expected two integer node ids"),
+    ("0 -1\n", "line 1: node ids must be non-negative"),
+    ("# only comments\n\n", "no edges"),
+    ("1.5 2\n", "line 1: node ids must be integers"),
+])
+def test_malformed_edge_list(tmp_path, text, message):
+    path = tmp_path / "g.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="g.txt") as info:
+        readers.read_graph(path)
+    assert message in str(info.value)
+
+
+def test_binary_edge_list_missing_file_and_directory(tmp_path):
+    binary = tmp_path / "g.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="not a text edge list|node ids|expected two"):
+        readers.read_graph(binary)
+    with pytest.raises(ValueError, match="does not exist"):
+        readers.read_graph(tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match="directory"):
+        readers.read_graph(tmp_path)
+    rect = tmp_path / "r.npz"
+    np.savez(rect, indptr=np.array([0, 1]), indices=np.array([2]), shape=np.array([1, 3]))
+    with pytest.raises(ValueError, match="non-square"):
+        readers.read_graph(rect, symmetrize=True)
+
+
+# ---------------------------------------------------------------------------- synthetic graphs
+
+
+@pytest.mark.parametrize("family", graphs.FAMILIES)
+def test_families_are_seeded_and_sized(family):
+    a = graphs.make_graph(family, 500, 8, seed=3)
+    b = graphs.make_graph(family, 500, 8, seed=3)
+    c = graphs.make_graph(family, 500, 8, seed=4)
+    np.testing.assert_array_equal(a.graph.indices, b.graph.indices)
+    assert not np.array_equal(a.graph.indices, c.graph.indices) or a.graph.nnz != c.graph.nnz
+    d = a.describe()
+    assert d["n_dst"] == 500
+    assert 7.0 <= d["avg_degree"] <= 8.5
+    assert d["index_dtype"] == "int32"
+    if family == "bipartite":
+        assert d["n_src"] == 1000 and not d["square"]
+    else:
+        assert d["square"]
+    if family == "powerlaw":
+        A = dense(a.graph)
+        np.testing.assert_array_equal(A, A.T)
+        assert d["max_degree"] > 4 * d["avg_degree"]  # hubs
+
+
+def test_family_errors():
+    with pytest.raises(ValueError, match="unknown graph family"):
+        graphs.make_graph("smallworld", 10, 2)
+    with pytest.raises(ValueError, match="nodes must be at least 1"):
+        graphs.make_graph("uniform", 0, 2)
+    with pytest.raises(ValueError, match="degree must be an integer"):
+        graphs.make_graph("uniform", 10, 2.5)
+
+
+# ---------------------------------------------------------------------------- sweep parsing
+
+
+def test_sweep_parsing_good():
+    assert cli.int_list("--nodes")("1000, 10k,1M,1000") == [1000, 10_000, 1_000_000]
+    assert cli.parse_features("32,16:64") == [(32, 32), (16, 64)]
+    assert cli.choice_list("--score", ("dot", "additive"))("all") == ["dot", "additive"]
+    assert cli.choice_list("--dtype", cli.DTYPES, cli._DTYPE_ALIASES)("f64,float32") == ["float64", "float32"]
+    args = cli.build_parser().parse_args(["--ops", "layer,forward", "--warmup", "0"])
+    assert args.ops == ["layer", "forward"] and args.warmup == 0
+
+
+@pytest.mark.parametrize("parse, text", [
+    (cli.int_list("--nodes"), ""),
+    (cli.int_list("--nodes"), "abc"),
+    (cli.int_list("--nodes"), "0"),
+    (cli.int_list("--nodes"), "-5"),
+    (cli.int_list("--nodes"), "10,,20"),
+    (cli.int_list("--nodes"), "1.5"),
+    (cli.parse_features, "32:"),
+    (cli.parse_features, "1:2:3"),
+    (cli.choice_list("--score", ("dot",)), "dot,nope"),
+])
+def test_sweep_parsing_bad(parse, text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse(text)
+
+
+def test_case_enumeration_dedupes_additive_and_layer():
+    args = cli.build_parser().parse_args(["--features", "8,16:32", "--score", "dot,additive",
+                                          "--ops", "forward,layer"])
+    cli._fill_defaults(args, [])
+    cases = cli.enumerate_cases(args, 1)
+    fwd = [c for c in cases if c.op == "forward"]
+    layer = [c for c in cases if c.op == "layer"]
+    # dot: 2 feature pairs; additive ignores D: Dv 8 and Dv 32
+    assert len(fwd) == 4
+    assert {(c.score, c.d, c.dv) for c in fwd} == {("dot", 8, 8), ("dot", 16, 32), ("additive", None, 8),
+                                                   ("additive", None, 32)}
+    assert {(c.dv, c.in_dim) for c in layer} == {(8, 64), (32, 64)}
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def test_measure_protocol_and_stats():
+    calls = []
+    m = timing.measure(lambda: calls.append(1), warmup=2, repeat=4, host_probe=timing.HostMemoryProbe())
+    assert len(calls) == 1 + 2 + 4 + 1  # first, warm-up, timed, memory probe
+    d = m.as_dict()
+    assert d["repeat"] == 4 and len(d["times_s"]) == 4
+    assert d["min_s"] <= d["q1_s"] <= d["median_s"] <= d["q3_s"] <= d["max_s"]
+    assert d["host_memory_method"] in ("rss-hwm", "tracemalloc")
+    with pytest.raises(ValueError):
+        timing.measure(lambda: None, repeat=0)
+
+
+def test_measure_stops_early_after_max_time():
+    m = timing.measure(lambda: time.sleep(0.02), warmup=0, repeat=50, max_time=0.05)
+    assert 3 <= len(m.times_s) < 50 and m.stopped_early
+
+
+def test_host_memory_probe_sees_a_large_allocation():
+    probe = timing.HostMemoryProbe()
+    peak = probe.measure(lambda: np.ones(40 * 2**20 // 8).sum())
+    assert peak >= 30 * 2**20
+    assert probe.measure(lambda: None) < 8 * 2**20
+
+
+def test_bytes_model_forward():
+    g = {"n_dst": 10, "n_src": 20, "nnz": 50, "index_dtype": "int32"}
+    c = {"op": "forward", "heads": 2, "d": 4, "dv": 8, "score": "dot", "dtype": "float64", "in_dim": None}
+    expected = (11 + 50) * 4 + 8 * (10 * 2 * 4 + 20 * 2 * 4 + 20 * 2 * 8 + 10 * 2 * 8)
+    assert report.model_bytes("forward", g, c) == expected
+
+
+# ---------------------------------------------------------------------------- a tiny run and its JSON
+
+
+@needs_numpy_backend
+def test_tiny_run_json_schema(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(TINY + ["--score", "dot,additive", "--ops", "all", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "median" in captured.out and "vs numpy" in captured.out
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "sparsegat-bench/1"
+    assert doc["command"].startswith("sparsegat bench ")
+    for key in ("created", "argv", "settings", "machine", "backends", "baseline", "graphs", "results",
+                "notes", "elapsed_s"):
+        assert key in doc
+    machine = doc["machine"]
+    for key in ("cpu_model", "threads", "gpus", "gpu", "versions", "python", "platform"):
+        assert key in machine
+    assert machine["versions"]["numpy"] == np.__version__
+    assert doc["backends"]["run"] == ["numpy"]
+    (gdesc,) = doc["graphs"]
+    assert gdesc["n_dst"] == 200 and gdesc["nnz"] > 0 and gdesc["family"] == "uniform"
+    ops = sorted(r["config"]["op"] for r in doc["results"])
+    assert ops == ["backward", "backward", "forward", "forward", "layer"]
+    for r in doc["results"]:
+        assert r["status"] == "ok" and r["backend"] == "numpy"
+        assert len(r["times_s"]) == r["repeat"] == 1
+        for key in ("first_s", "median_s", "min_s", "max_s", "q1_s", "q3_s", "bytes_model",
+                    "bandwidth_gbs", "peak_host_bytes", "host_memory_method", "implementation", "clock"):
+            assert r[key] is not None, key
+        assert r["speedup"] == pytest.approx(1.0)
+        assert r["bandwidth_gbs"] == pytest.approx(r["bytes_model"] / r["median_s"] / 1e9)
+
+
+@needs_numpy_backend
+def test_run_on_a_graph_file_and_bipartite(tmp_path, capsys):
+    path = tmp_path / "g.txt"
+    path.write_text("\n".join(f"{i} {(i * 7 + 3) % 50}" for i in range(50)) + "\n")
+    out = tmp_path / "b.json"
+    assert main(TINY + ["--graph", str(path), "--json", str(out), "--nodes", "99"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["graphs"][0]["file"].endswith("g.txt")
+    assert any("ignored" in n for n in doc["notes"])
+    assert main(TINY + ["--family", "bipartite", "--ops", "forward,backward,layer", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["graphs"][0]["n_src"] == 400
+    assert {r["status"] for r in doc["results"]} == {"ok"}
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not (HAS_MATPLOTLIB and HAS_NUMPY_BACKEND), reason="needs matplotlib and the numpy backend")
+def test_plot(tmp_path, capsys):
+    png = tmp_path / "plot.png"
+    assert main(TINY + ["--nodes", "100,300", "--ops", "forward,backward", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+
+
+@pytest.mark.pyg
+@pytest.mark.skipif(not (HAS_PYG and HAS_NUMPY_BACKEND), reason="needs torch, torch_geometric, numpy backend")
+@pytest.mark.parametrize("score", ["dot", "scaled_dot", "cosine", "euclidean", "additive", "gatv2"])
+def test_pyg_edgewise_operator_matches_sparsegat(score):
+    # The PyG comparison times the same function as sparsegat's operator.
+    import torch
+
+    from sparsegat.bench.pyg import edge_attention
+
+    bg = graphs.make_graph("powerlaw", 60, 5, seed=1)
+    g = bg.graph
+    rng = np.random.default_rng(0)
+    shape = (60, 2) if score == "additive" else (60, 2, 3)
+    q, k, v = rng.standard_normal(shape), rng.standard_normal(shape), rng.standard_normal((60, 2, 4))
+    att = rng.standard_normal((2, 3)) if score == "gatv2" else None
+    ref, _ = attention_forward(g, q, k, v, score=score, att=att, backend="numpy")
+    dst = torch.from_numpy(np.repeat(np.arange(60), np.diff(g.indptr)))
+    src = torch.from_numpy(np.asarray(g.indices, dtype=np.int64))
+    t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+    out = edge_attention(t(q), t(k), t(v), t(att), src, dst, 60, score)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- CLI exit codes and messages
+
+
+def test_cli_help_and_usage_errors(capsys):
+    assert main(["--help"]) == 0
+    assert "--nodes" in capsys.readouterr().out
+    for argv, word in ([["--nodes", "abc"], "--nodes"], [["--score", "nope"], "--score"],
+                       [["--backends", "tpu"], "--backends"], [["--repeat", "0"], "--repeat"],
+                       [["--no-such-option"], "unrecognized"], [["--features", "4:"], "--features"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert word in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--graph", "/nonexistent/graph.txt"], "does not exist"),
+    (["--json", "/nonexistent/dir/out.json"], "does not exist"),
+    (["--plot", "out.txt"], "must end with one of"),
+    (["--backends", "cupy"], "no backend can run here"),
+])
+def test_cli_errors_are_one_line(capsys, extra, message):
+    assert main(TINY[:-4] + ["-q"] + extra) == 1
+    err = capsys.readouterr().err
+    assert message in err and "error:" in err and "Traceback" not in err
+
+
+def test_cli_malformed_graph_file(tmp_path, capsys):
+    path = tmp_path / "bad.txt"
+    path.write_text("0 1\nfoo bar\n")
+    assert main(["--graph", str(path), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.txt, line 2" in err and "Traceback" not in err
+
+
+@needs_numpy_backend
+def test_unavailable_backend_is_skipped_with_a_note(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = main(TINY[:-4] + ["--backends", "numpy,cupy,pyg-cuda", "--no-pyg", "--ops", "forward",
+                           "--json", str(out)])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "cupy" in captured.err and "skipped" in captured.err
+    doc = json.loads(out.read_text())
+    assert "cupy" in doc["backends"]["skipped"] and doc["backends"]["run"] == ["numpy"]
+
+
+@needs_numpy_backend
+def test_failing_backend_is_reported_and_exit_status_1(tmp_path, capsys, monkeypatch):
+    from sparsegat.bench import runners
+
+    def broken(self, case, bg, inputs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(runners.SparsegatRunner, "prepare", broken)
+    out = tmp_path / "b.json"
+    assert main(TINY + ["--ops", "forward", "--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "kernel exploded" in captured.out and "Traceback" not in captured.err + captured.out
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["status"] == "error" and "kernel exploded" in r["error"]
+
+
+@needs_numpy_backend
+def test_interrupt_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
+    real = timing.measure
+    calls = []
+
+    def interrupted_on_second(fn, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(fn, **kwargs)
+
+    monkeypatch.setattr(timing, "measure", interrupted_on_second)
+    out = tmp_path / "b.json"
+    assert main(TINY + ["--ops", "forward,backward", "--json", str(out)]) == 130
+    doc = json.loads(out.read_text())
+    assert len(doc["results"]) == 1 and any("interrupted" in n for n in doc["notes"])
+    capsys.readouterr()

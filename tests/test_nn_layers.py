@@ -1,0 +1,462 @@
+"""Finite-difference gradient checks (float64) for every layer of sparsegat.nn and the loss,
+plus the layer protocol: shapes, dtypes, dropout, parameter assignment, sparse inputs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import sparsegat as sg
+from sparsegat import nn
+
+EPS = 1e-6
+
+
+# ---------------------------------------------------------------------- helpers
+def random_graph(n_dst: int, n_src: int, density: float, seed: int, empty_row: bool = True) -> sg.CSRGraph:
+    rng = np.random.default_rng(seed)
+    A = (rng.random((n_dst, n_src)) < density).astype(float)
+    if empty_row:
+        A[n_dst // 2] = 0.0  # a destination without incoming edges
+    A[0, 0] = 1.0  # one self-loop already present (layers must not duplicate it)
+    return sg.CSRGraph.from_scipy(sp.csr_matrix(A))
+
+
+def _like(y, rng):
+    if isinstance(y, tuple):
+        return tuple(rng.normal(size=a.shape) for a in y)
+    return rng.normal(size=y.shape)
+
+
+def _dot(y, r) -> float:
+    if isinstance(y, tuple):
+        return float(sum((a * b).sum() for a, b in zip(y, r)))
+    return float((y * r).sum())
+
+
+def numeric_grad(f, a: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        old = a[idx]
+        a[idx] = old + EPS
+        fp = f()
+        a[idx] = old - EPS
+        fm = f()
+        a[idx] = old
+        out[idx] = (fp - fm) / (2 * EPS)
+    return out
+
+
+def assert_close(num, ana, what):
+    assert ana is not None, f"{what}: no analytic gradient"
+    assert ana.shape == num.shape, f"{what}: shape {ana.shape} vs {num.shape}"
+    err = np.abs(num - ana)
+    tol = 1e-6 + 1e-5 * np.abs(num)
+    assert (err <= tol).all(), f"{what}: max error {err.max():.3g} (max |grad| {np.abs(num).max():.3g})"
+
+
+def gradcheck(layer: nn.Module, x, g, training: bool = False, check_x: bool = True, seed: int = 0):
+    """Check every parameter gradient and dx of ``layer`` at input ``x`` against central differences.
+
+    The layer is deep-copied before every evaluation, so forwards that draw random
+    numbers (dropout) draw the same ones each time.
+    """
+    rng = np.random.default_rng(seed)
+    snapshot = copy.deepcopy(layer)
+    y = layer.forward(x, g, training=training)
+    R = _like(y, rng)
+    dx = layer.backward(R)
+    grads = {name: lay.grads.get(key) for name, lay, key in layer.named_parameters()}
+
+    state = {"x": x}
+
+    def loss(name=None, value=None):
+        fresh = copy.deepcopy(snapshot)
+        if name is not None:
+            fresh.state_dict()[name][...] = value
+        return _dot(fresh.forward(state["x"], g, training=training), R)
+
+    checked = 0
+    for name, arr in snapshot.state_dict().items():
+        work = arr.copy()
+        num = numeric_grad(lambda: loss(name, work), work)
+        assert_close(num, grads[name], f"d/d {name}")
+        checked += 1
+    assert checked == len(grads)
+    if check_x:
+        xs = x if isinstance(x, tuple) else (x,)
+        dxs = dx if isinstance(x, tuple) else (dx,)
+        for i, xi in enumerate(xs):
+            work = xi.copy()
+
+            def fx(i=i, work=work):
+                state["x"] = tuple(work if j == i else a for j, a in enumerate(xs)) if isinstance(x, tuple) else work
+                return loss()
+
+            num = numeric_grad(fx, work)
+            state["x"] = x
+            assert_close(num, dxs[i], f"dx[{i}]")
+    return y, dx
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return random_graph(9, 9, 0.3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(2).normal(size=(9, 4))
+
+
+# ---------------------------------------------------------------------- GATConv
+@pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("self_loops", [True, False])
+def test_gatconv_gradients(graph, x, concat, bias, residual, self_loops):
+    layer = nn.GATConv(4, 3, heads=2, concat=concat, bias=bias, residual=residual,
+                       add_self_loops=self_loops, negative_slope=0.3, dtype=np.float64, seed=0)
+    if bias:
+        layer.params["bias"] = np.random.default_rng(5).normal(size=layer.params["bias"].shape)
+    y, _ = gradcheck(layer, x, graph)
+    assert y.shape == (9, 6 if concat else 3)
+
+
+def test_gatconv_gradients_with_attention_dropout(graph, x):
+    layer = nn.GATConv(4, 3, heads=2, dropout=0.4, residual=True, dtype=np.float64, seed=0)
+    gradcheck(layer, x, graph, training=True)
+
+
+def test_gatconv_bipartite_graph(x):
+    g = random_graph(6, 9, 0.4, seed=3)
+    layer = nn.GATConv(4, 2, heads=2, residual=True, dtype=np.float64, seed=0)
+    y, dx = gradcheck(layer, x, g)
+    assert y.shape == (6, 4) and dx.shape == (9, 4)
+
+
+def test_gatconv_layouts_and_defaults():
+    layer = nn.GATConv(5, 3, heads=4)
+    assert layer.params["W"].shape == (5, 12)
+    assert layer.params["att_src"].shape == (4, 3) and layer.params["att_dst"].shape == (4, 3)
+    assert layer.params["bias"].shape == (12,) and not layer.params["bias"].any()
+    assert all(p.dtype == np.float32 for p in layer.params.values())
+    mean = nn.GATConv(5, 3, heads=4, concat=False, residual=True)
+    assert mean.params["bias"].shape == (3,) and mean.params["W_res"].shape == (5, 3)
+    assert "bias" not in nn.GATConv(5, 3, bias=False).params
+    # Glorot bounds as PyG: sqrt(6 / (fan_in + fan_out)) and sqrt(6 / (heads + out_dim)) for att
+    big = nn.GATConv(200, 50, heads=2, seed=0)
+    assert np.abs(big.params["W"]).max() <= np.sqrt(6 / 300) + 1e-7
+    assert np.abs(big.params["W"]).max() > 0.9 * np.sqrt(6 / 300)
+    assert np.abs(big.params["att_src"]).max() <= np.sqrt(6 / 52) + 1e-7
+    # Same seed, same parameters; different seed, different ones
+    a, b, c = nn.GATConv(5, 3, seed=7), nn.GATConv(5, 3, seed=7), nn.GATConv(5, 3, seed=8)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert not np.array_equal(a.params["W"], c.params["W"])
+
+
+def test_gatconv_float32_matches_float64(graph, x):
+    l64 = nn.GATConv(4, 3, heads=2, dtype=np.float64, seed=0)
+    l32 = nn.GATConv(4, 3, heads=2, dtype=np.float32, seed=0)
+    y64 = l64.forward(x, graph)
+    y32 = l32.forward(x.astype(np.float32), graph)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-5)
+    # float64 input to a float32 layer is cast
+    assert l32.forward(x, graph).dtype == np.float32
+
+
+def test_gatconv_attention_dropout_seeds(graph, x):
+    layer = nn.GATConv(4, 3, heads=2, dropout=0.5, seed=0, dtype=np.float64)
+    a = layer.forward(x, graph, training=True)
+    b = layer.forward(x, graph, training=True)
+    assert not np.allclose(a, b), "each training forward draws a fresh dropout seed"
+    e1 = layer.forward(x, graph, training=False)
+    e2 = layer.forward(x, graph)  # training defaults to False
+    np.testing.assert_array_equal(e1, e2)
+    nodrop = nn.GATConv(4, 3, heads=2, dropout=0.0, seed=0, dtype=np.float64)
+    np.testing.assert_allclose(e1, nodrop.forward(x, graph), rtol=1e-12)
+    # Same layer seed: same sequence of dropout seeds
+    again = nn.GATConv(4, 3, heads=2, dropout=0.5, seed=0, dtype=np.float64)
+    np.testing.assert_array_equal(again.forward(x, graph, training=True), a)
+
+
+def test_params_assignment_is_used(graph, x):
+    layer = nn.GATConv(4, 3, heads=2, dtype=np.float64, seed=0)
+    y0 = layer.forward(x, graph)
+    layer.params["W"] = layer.params["W"] * 2.0
+    layer.params["att_src"] = np.zeros((2, 3))
+    layer.params["att_dst"] = np.zeros((2, 3))
+    y1 = layer.forward(x, graph)
+    assert not np.allclose(y0, y1)
+    # zero attention vectors: a uniform mean over each row (self-loops added) of x @ W
+    g2 = nn.graph_with_self_loops(graph)
+    A = g2.to_scipy()
+    mean = sp.diags(1 / A.sum(axis=1).A1) @ A
+    np.testing.assert_allclose(y1, mean @ (x @ layer.params["W"]), rtol=1e-10, atol=1e-12)
+
+
+def test_self_loop_graph_is_cached(graph):
+    a = nn.graph_with_self_loops(graph)
+    assert a is nn.graph_with_self_loops(graph)
+    present = int((graph.to_scipy().diagonal() != 0).sum())
+    assert present >= 1 and a.nnz == graph.nnz + graph.n_dst - present  # loops already there are kept once
+    g = random_graph(4, 6, 0.5, seed=0, empty_row=False)
+    b = nn.graph_with_self_loops(g)
+    dense = b.to_scipy().toarray()
+    assert b.shape == (4, 6) and all(dense[i, i] == 1 for i in range(4))
+
+
+def test_gatconv_bad_inputs(graph, x):
+    layer = nn.GATConv(4, 3)
+    with pytest.raises(ValueError, match="input features"):
+        layer.forward(np.zeros((9, 5), np.float32), graph)
+    with pytest.raises(ValueError, match="rows"):
+        layer.forward(np.zeros((8, 4), np.float32), graph)
+    with pytest.raises(TypeError, match="CSRGraph"):
+        layer.forward(x, graph.to_scipy())
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.GATConv(4, 3).backward(np.zeros((9, 3), np.float32))
+    with pytest.raises(ValueError):
+        nn.GATConv(4, 3, dropout=1.0)
+    with pytest.raises(ValueError):
+        nn.GATConv(0, 3)
+    with pytest.raises(TypeError):
+        nn.GATConv(4, 3, dtype=np.int32)
+    with pytest.raises(ValueError, match="backend"):
+        nn.GATConv(4, 3, backend="torch")
+    layer.forward(x, graph)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        layer.backward(np.zeros((9, 4), np.float32))
+
+
+# ---------------------------------------------------------------------- GATv2Conv
+@pytest.mark.parametrize("share_weights", [False, True])
+@pytest.mark.parametrize("concat", [True, False])
+@pytest.mark.parametrize("residual", [False, True])
+def test_gatv2conv_gradients(graph, x, share_weights, concat, residual):
+    layer = nn.GATv2Conv(4, 3, heads=2, concat=concat, residual=residual, share_weights=share_weights,
+                         negative_slope=0.25, dtype=np.float64, seed=0)
+    layer.params["bias"] = np.random.default_rng(5).normal(size=layer.params["bias"].shape)
+    gradcheck(layer, x, graph)
+
+
+def test_gatv2conv_no_bias_dropout_and_bipartite(x):
+    g = random_graph(6, 9, 0.4, seed=4)
+    layer = nn.GATv2Conv(4, 2, heads=2, bias=False, dropout=0.3, dtype=np.float64, seed=0)
+    assert set(layer.params) == {"W_src", "W_dst", "att"}
+    y, dx = gradcheck(layer, x, g, training=True)
+    assert y.shape == (6, 4) and dx.shape == (9, 4)
+
+
+def test_gatv2conv_layouts():
+    layer = nn.GATv2Conv(5, 3, heads=4)
+    assert {k: v.shape for k, v in layer.params.items()} == {
+        "W_src": (5, 12), "b_src": (12,), "W_dst": (5, 12), "b_dst": (12,), "att": (4, 3), "bias": (12,)}
+    assert np.abs(layer.params["b_src"]).max() <= 1 / np.sqrt(5)
+    shared = nn.GATv2Conv(5, 3, heads=4, share_weights=True)
+    assert "W_dst" not in shared.params and "b_dst" not in shared.params
+
+
+# ---------------------------------------------------------------------- GraphAttention
+@pytest.mark.parametrize("score", ["cosine", "dot", "scaled_dot", "euclidean"])
+def test_graph_attention_residual_gradients(graph, x, score):
+    layer = nn.GraphAttention(4, 3, heads=2, score=score, residual=True, dtype=np.float64, seed=0,
+                              **({"tau": 1.5} if score in ("cosine", "euclidean") else {}))
+    out, dx = gradcheck(layer, x, graph)
+    assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (9, 6) for o in out)
+    assert dx.shape == x.shape
+    if score in ("cosine", "euclidean"):
+        assert layer.params["tau"].shape == (1,)
+        assert layer.grads["tau"].shape == (1,)
+
+
+@pytest.mark.parametrize("score", ["cosine", "euclidean"])
+def test_graph_attention_stream_input_and_plain_output(graph, score):
+    """A second layer takes the (q, k, v) tuple of a residual layer and returns one array."""
+    rng = np.random.default_rng(3)
+    streams = tuple(rng.normal(size=(9, 6)) for _ in range(3))
+    layer = nn.GraphAttention(6, 2, heads=1, score=score, residual=False, dropout=0.3, dtype=np.float64, seed=1)
+    out, dx = gradcheck(layer, streams, graph, training=True)
+    assert out.shape == (9, 2) and isinstance(dx, tuple) and len(dx) == 3
+
+
+def test_graph_attention_residual_is_q_plus_context(graph, x):
+    layer = nn.GraphAttention(4, 3, heads=2, score="dot", residual=True, dtype=np.float64, seed=0)
+    q1, k1, v1 = layer.forward(x, graph)
+    plain = nn.GraphAttention(4, 3, heads=2, score="dot", residual=False, dtype=np.float64, seed=0)
+    c = plain.forward(x, graph)
+    np.testing.assert_allclose(q1, x @ layer.params["W_q"] + c, rtol=1e-12)
+    np.testing.assert_allclose(k1, x @ layer.params["W_k"] + c, rtol=1e-12)
+    np.testing.assert_allclose(v1, x @ layer.params["W_v"] + c, rtol=1e-12)
+    # dy entries may be None (treated as zero)
+    dx = layer.backward((None, np.ones_like(k1), None))
+    assert dx.shape == x.shape
+
+
+def test_graph_attention_stack_in_sequential(graph, x):
+    model = nn.Sequential(nn.GraphAttention(4, 3, heads=2, score="cosine", dtype=np.float64, seed=0),
+                          nn.ELU(), nn.Dropout(0.2, seed=1),
+                          nn.GraphAttention(6, 2, heads=1, score="cosine", residual=False, dtype=np.float64, seed=2))
+    y, dx = gradcheck(model, x, graph, training=True)
+    assert y.shape == (9, 2) and dx.shape == x.shape
+
+
+def test_graph_attention_bad_arguments(graph, x):
+    with pytest.raises(ValueError, match="score"):
+        nn.GraphAttention(4, 3, score="additive")
+    with pytest.raises(ValueError, match="tau"):
+        nn.GraphAttention(4, 3, score="dot", tau=2.0)
+    g = random_graph(5, 9, 0.4, seed=0)
+    with pytest.raises(ValueError, match="square"):
+        nn.GraphAttention(4, 3, residual=True).forward(x.astype(np.float32), g)
+    assert "tau" not in nn.GraphAttention(4, 3, score="cosine", learn_tau=False).params
+
+
+# ---------------------------------------------------------------------- dense layers
+def test_linear_dense_gradients(x):
+    gradcheck(nn.Linear(4, 3, dtype=np.float64, seed=0), x, None)
+    gradcheck(nn.Linear(4, 3, bias=False, dtype=np.float64, seed=0), x, None)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "coo", "csr_array"])
+def test_linear_sparse_input(x, fmt):
+    rng = np.random.default_rng(0)
+    dense = x * (rng.random(x.shape) < 0.4)
+    xs = {"csr": sp.csr_matrix, "coo": sp.coo_matrix, "csr_array": sp.csr_array}[fmt](dense)
+    layer = nn.Linear(4, 3, dtype=np.float64, seed=0)
+    ref = nn.Linear(4, 3, dtype=np.float64, seed=0)
+    y = layer.forward(xs, None)
+    assert isinstance(y, np.ndarray)
+    np.testing.assert_allclose(y, ref.forward(dense, None), rtol=1e-12)
+    R = rng.normal(size=y.shape)
+    assert layer.backward(R) is None  # no gradient into sparse features
+    ref.backward(R)
+    np.testing.assert_allclose(layer.grads["W"], ref.grads["W"], rtol=1e-12)
+    np.testing.assert_allclose(layer.grads["b"], ref.grads["b"], rtol=1e-12)
+    # parameter gradients by finite differences through the sparse path
+    gradcheck(nn.Linear(4, 3, dtype=np.float64, seed=0), xs, None, check_x=False)
+
+
+def test_gatconv_sparse_input_matches_dense(graph, x):
+    rng = np.random.default_rng(0)
+    dense = x * (rng.random(x.shape) < 0.5)
+    for make in (lambda: nn.GATConv(4, 3, heads=2, residual=True, dtype=np.float64, seed=0),
+                 lambda: nn.GATv2Conv(4, 3, heads=2, residual=True, dtype=np.float64, seed=0),
+                 lambda: nn.GraphAttention(4, 3, heads=2, score="cosine", residual=False, dtype=np.float64, seed=0)):
+        a, b = make(), make()
+        ya = a.forward(sp.csr_matrix(dense), graph)
+        yb = b.forward(dense, graph)
+        np.testing.assert_allclose(ya, yb, rtol=1e-10, atol=1e-12)
+        R = rng.normal(size=ya.shape)
+        assert a.backward(R) is None
+        b.backward(R)
+        for k in a.params:
+            np.testing.assert_allclose(a.grads[k], b.grads[k], rtol=1e-9, atol=1e-12)
+
+
+def test_activations_gradients(x):
+    gradcheck(nn.ELU(), x, None)
+    gradcheck(nn.ELU(alpha=0.5), x, None)
+    gradcheck(nn.ReLU(), x, None)
+    y = nn.ELU().forward(np.array([[-50.0, -1.0, 0.0, 2.0]]), None)
+    np.testing.assert_allclose(y, [[np.expm1(-50.0), np.expm1(-1.0), 0.0, 2.0]])
+    np.testing.assert_array_equal(nn.ReLU().forward(np.array([[-1.0, 0.0, 3.0]]), None), [[0.0, 0.0, 3.0]])
+
+
+def test_dropout(x):
+    layer = nn.Dropout(0.5, seed=0)
+    assert layer.forward(x, None) is x  # identity outside training
+    big = np.ones((200, 50))
+    y = layer.forward(big, None, training=True)
+    kept = y != 0
+    assert 0.4 < kept.mean() < 0.6
+    np.testing.assert_allclose(y[kept], 2.0)
+    dx = layer.backward(np.full_like(big, 3.0))
+    np.testing.assert_array_equal(dx, np.where(kept, 6.0, 0.0))
+    gradcheck(nn.Dropout(0.3, seed=1), x, None, training=True)
+    # sparse inputs: surviving entries scaled, structure only shrinks, no gradient
+    xs = sp.random(300, 40, density=0.1, random_state=0, format="csr")
+    ys = nn.Dropout(0.6, seed=2).forward(xs, None, training=True)
+    assert sp.issparse(ys) and ys.shape == xs.shape
+    assert 0.3 < ys.nnz / xs.nnz < 0.5
+    diff = (ys - xs / 0.4).tocsr()
+    diff.eliminate_zeros()
+    rows, cols = ys.nonzero()
+    np.testing.assert_allclose(np.asarray(ys[rows, cols]).ravel(), np.asarray(xs[rows, cols]).ravel() / 0.4)
+    with pytest.raises(ValueError):
+        nn.Dropout(1.0)
+
+
+def test_sequential_gradients(graph, x):
+    model = nn.Sequential(nn.Dropout(0.3, seed=0),
+                          nn.GATConv(4, 3, heads=2, dropout=0.3, dtype=np.float64, seed=1),
+                          nn.ELU(), nn.Dropout(0.3, seed=2),
+                          nn.GATv2Conv(6, 2, heads=2, concat=False, dropout=0.2, dtype=np.float64, seed=3),
+                          nn.ReLU(), nn.Linear(2, 3, dtype=np.float64, seed=4))
+    y, dx = gradcheck(model, x, graph, training=True)
+    assert y.shape == (9, 3)
+    names = [n for n, _, _ in model.named_parameters()]
+    assert names[:4] == ["1.W", "1.att_src", "1.att_dst", "1.bias"] and names[-2:] == ["6.W", "6.b"]
+    assert model.num_parameters() == sum(p.size for p in model.state_dict().values())
+    assert len(model) == 7 and isinstance(model[1], nn.GATConv)
+    with pytest.raises(TypeError):
+        nn.Sequential(nn.ELU(), "relu")
+
+
+def test_sequential_stops_at_sparse_input(graph):
+    xs = sp.random(9, 4, density=0.5, random_state=0, format="csr")
+    model = nn.Sequential(nn.Dropout(0.5, seed=0), nn.GATConv(4, 2, heads=2, seed=1), nn.ELU(),
+                          nn.Linear(4, 3, seed=2))
+    y = model.forward(xs, graph, training=True)
+    assert model.backward(np.ones_like(y)) is None
+    assert set(model[1].grads) == {"W", "att_src", "att_dst", "bias"}
+
+
+def test_zero_grad_and_repr(graph, x):
+    model = nn.Sequential(nn.GATConv(4, 2, seed=0), nn.ELU())
+    model.backward(np.ones_like(model.forward(x.astype(np.float32), graph)))
+    assert model[0].grads
+    model.zero_grad()
+    assert not model[0].grads
+    assert "GATConv(4, 2" in repr(model)
+
+
+# ---------------------------------------------------------------------- loss
+def test_softmax_cross_entropy_gradient():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(7, 4)) * 3
+    labels = rng.integers(0, 4, size=7)
+    for mask in (None, np.array([True, False, True, True, False, False, True]), np.array([1, 5])):
+        loss, d = nn.softmax_cross_entropy(logits, labels, mask)
+        work = logits.copy()
+        num = numeric_grad(lambda: nn.softmax_cross_entropy(work, labels, mask)[0], work)
+        assert_close(num, d, "dlogits")
+    # the value against a direct computation
+    m = np.array([0, 2, 3])
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    expected = -np.mean(np.log(p[m, labels[m]]))
+    assert nn.softmax_cross_entropy(logits, labels, m)[0] == pytest.approx(expected, rel=1e-12)
+    # huge logits stay finite
+    loss, d = nn.softmax_cross_entropy(np.array([[1e4, -1e4], [0.0, 1e4]]), np.array([0, 0]))
+    assert np.isfinite(loss) and np.isfinite(d).all() and loss == pytest.approx(5e3)
+    assert nn.softmax_cross_entropy(logits.astype(np.float32), labels)[1].dtype == np.float32
+
+
+def test_softmax_cross_entropy_bad_inputs():
+    logits = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="no nodes"):
+        nn.softmax_cross_entropy(logits, np.array([0, 1, 0]), np.zeros(3, bool))
+    with pytest.raises(ValueError, match="labels"):
+        nn.softmax_cross_entropy(logits, np.array([0, 2, 0]))
+    with pytest.raises(ValueError):
+        nn.softmax_cross_entropy(logits, np.array([0, 1]))
+    with pytest.raises(ValueError):
+        nn.softmax_cross_entropy(logits, np.array([0, 1, 0]), np.array([True, False]))
+    with pytest.raises(TypeError):
+        nn.softmax_cross_entropy(logits, np.array([0.0, 1.0, 0.0]))
+    assert nn.accuracy(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), np.array([0, 1, 1])) == pytest.approx(2 / 3)
+    assert nn.accuracy(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 0]), np.array([1])) == 0.0
