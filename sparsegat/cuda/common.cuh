@@ -184,6 +184,29 @@ __device__ __forceinline__ bool warp_item(long long n_seg, int H, WarpItem& it) 
   return true;
 }
 
+// A lane's place in the warp-per-segment decomposition: head h, lane, G = 32 / lpe
+// groups, group g, lane in group lig, feature stride lpe * VEC between a lane's
+// vectors, first feature f0 of this block's tile (blockIdx.y) and whether it is the
+// first tile.
+struct LaneGeometry {
+  int h, lane, G, g, lig, stride, f0;
+  bool first_tile;
+};
+
+template <int VEC, int NACC>
+__device__ __forceinline__ LaneGeometry lane_geometry(const WarpItem& item, int lpe) {
+  LaneGeometry lg;
+  lg.h = item.h;
+  lg.lane = threadIdx.x & 31;
+  lg.G = 32 / lpe;
+  lg.g = lg.lane / lpe;
+  lg.lig = lg.lane - lg.g * lpe;
+  lg.stride = lpe * VEC;
+  lg.f0 = (int)blockIdx.y * lg.stride * NACC;
+  lg.first_tile = blockIdx.y == 0;
+  return lg;
+}
+
 }  // namespace sg
 
 #endif  // SPARSEGAT_CUDA_COMMON_CUH

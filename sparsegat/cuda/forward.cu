@@ -38,14 +38,15 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
   using namespace sg;
   WarpItem item;
   if (!warp_item(n_seg, H, item)) return;
-  const int h = item.h;
-  const int lane = threadIdx.x & 31;
-  const int G = 32 / lpe;
-  const int g = lane / lpe;
-  const int lig = lane - g * lpe;
-  const int stride = lpe * VEC;
-  const int f0 = (int)blockIdx.y * stride * NACC;
-  const bool first_tile = blockIdx.y == 0;
+  const LaneGeometry lg = lane_geometry<VEC, NACC>(item, lpe);
+  const int h = lg.h;
+  const int lane = lg.lane;
+  const int G = lg.G;
+  const int g = lg.g;
+  const int lig = lg.lig;
+  const int stride = lg.stride;
+  const int f0 = lg.f0;
+  const bool first_tile = lg.first_tile;
 
   const long long row = (long long)seg_row[item.seg];
   const long long slot = (long long)seg_slot[item.seg];
