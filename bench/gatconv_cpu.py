@@ -293,9 +293,13 @@ def timing_probe(args: argparse.Namespace) -> dict[str, Any]:
 def _subprocess(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     env = dict(os.environ)
     group = extra[-1].split(":")[0]
+    if args.threads:
+        for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(args.threads)
     if args.blas_threads != "default" and group.startswith("sparsegat"):
         env["OPENBLAS_NUM_THREADS"] = args.blas_threads
-    cmd = [sys.executable, os.path.abspath(__file__), *extra,
+    cmd = [sys.executable, os.path.abspath(__file__), *extra, "--threads", str(args.threads),
+           "--blas-threads", args.blas_threads,
            "--nodes", str(args.nodes), "--edges", str(args.edges), "--in-dim", str(args.in_dim),
            "--heads", str(args.heads), "--out", str(args.out), "--seed", str(args.seed),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
@@ -456,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
                          "1 by default: OpenBLAS's multi-threaded sgemm for x.T @ dh (K = 100k, M = N = 128) "
                          "synchronises its threads per K block and slows down up to 25x as soon as anything "
                          "else runs on the 2 cores; one thread is robust (about 40 ms per GEMM here)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads of Numba, torch (OpenMP/MKL) and OpenBLAS in the measuring processes "
+                         "(default: the libraries' defaults, i.e. one per core)")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--probe-group", dest="probe_group", help=argparse.SUPPRESS)
@@ -494,8 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"graph: {p.n:,} nodes, {p.src.shape[0]:,} edges + self-loops = {p.g.nnz:,} "
           f"(max in-degree {info['max_in_degree']:,}, max out-degree {info['max_out_degree']:,}); "
           f"built in {time.perf_counter() - t0:.1f} s")
+    if args.threads:
+        info["numba_threads"] = info["torch_threads"] = args.threads
+    info["threads_option"] = args.threads
     print(f"threads: numba {info['numba_threads']}"
-          + (f", torch {info['torch_threads']}" if with_pyg else "") + f"; load average {info['loadavg_start']}")
+          + (f", torch {info['torch_threads']}" if with_pyg else "")
+          + f", OpenBLAS (sparsegat) {args.blas_threads}; load average {info['loadavg_start']}")
 
     agreement = check_agreement(p, with_pyg)
     print("agreement (max |a-b| / max |b|): " + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items()))

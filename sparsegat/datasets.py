@@ -39,6 +39,8 @@ class Dataset:
     y : ndarray (n,) int64
     train_mask, val_mask, test_mask : ndarray (n,) bool
     num_classes : int
+    distractors : ndarray (n,) bool or None
+        The distractor nodes of :func:`synthetic`.
     """
 
     name: str
@@ -49,6 +51,8 @@ class Dataset:
     val_mask: np.ndarray
     test_mask: np.ndarray
     num_classes: int
+    #: For the synthetic graph: True for the distractor nodes (None for files).
+    distractors: np.ndarray | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -303,4 +307,7 @@ def synthetic(num_nodes: int = 1600, num_classes: int = 4, num_features: int = 1
     val[rest[:num_val]] = True
     test[rest[num_val:num_val + num_test]] = True
     labels = np.concatenate([y, rng.integers(0, num_classes, size=n_noise)]).astype(np.int64)
-    return Dataset("synthetic CSBM with distractors", graph, x, labels, train, val, test, int(num_classes))
+    is_distractor = np.zeros(total, dtype=bool)
+    is_distractor[n:] = True
+    return Dataset("synthetic CSBM with distractors", graph, x, labels, train, val, test, int(num_classes),
+                   is_distractor)

@@ -15,7 +15,7 @@ where the parameter does).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any
 
 from .arrays import array_kind, namespace, to_numpy
 

@@ -174,6 +174,35 @@ def limit_blas_threads(n: int = 1) -> bool:
     return done
 
 
+def distractor_attention(model: Any, data: Any) -> tuple[float, float] | None:
+    """How much attention the first layer pays to distractor neighbours (synthetic data only).
+
+    Returns ``(attention, uniform)``: over the labelled nodes and the heads, the
+    mean total weight of the edges from distractors, and what uniform weights
+    would give (the mean share of distractors among the neighbours, self-loop
+    included). Reads the attention inputs the last (evaluation) forward cached.
+    """
+    from .arrays import to_numpy
+    from .attention import attention_weights
+
+    if data.distractors is None:
+        return None
+    ctx = getattr(model[1], "last_context", None)
+    if ctx is None:
+        return None
+    spec = ctx.spec
+    w = to_numpy(attention_weights(ctx.graph, ctx.q, ctx.k, score=spec.score, att=ctx.att, tau=spec.tau,
+                                   negative_slope=spec.negative_slope, backend=ctx.backend))
+    g = ctx.graph
+    indptr, indices = to_numpy(g.indptr), to_numpy(g.indices)
+    rows = np.repeat(np.arange(g.n_dst), np.diff(indptr))
+    from_distractor = data.distractors[indices]
+    labelled = ~data.distractors
+    mass = np.bincount(rows, weights=w.mean(axis=1) * from_distractor, minlength=g.n_dst)
+    share = np.bincount(rows, weights=from_distractor, minlength=g.n_dst) / np.maximum(np.diff(indptr), 1)
+    return float(mass[labelled].mean()), float(share[labelled].mean())
+
+
 def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, Any]:
     """Train as the parsed arguments say; print progress to ``log`` (stderr) and the summary to ``out`` (stdout).
 
@@ -263,6 +292,7 @@ def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, An
         nn.save_params(model, a.save)
 
     majority = data.majority_accuracy()
+    distract = distractor_attention(model, data)
     result = {
         "test_accuracy": best["test"],
         "val_accuracy": best["val"],
@@ -283,9 +313,14 @@ def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, An
         "num_nodes": data.num_nodes,
         "num_edges": data.graph.nnz,
     }
+    if distract is not None:
+        result["distractor_attention"], result["distractor_share"] = distract
     print(f"result    test accuracy {best['test']:.3f} at the best validation epoch {best['epoch']} "
           f"(val {best['val']:.3f}); last epoch: val {acc['val']:.3f}, test {acc['test']:.3f}", file=out)
     print(f"baseline  majority class {majority:.3f} on the test nodes", file=out)
+    if distract is not None:
+        print(f"attention the first layer gives {100 * distract[0]:.0f}% of its weight to distractor neighbours; "
+              f"uniform weights would give them {100 * distract[1]:.0f}%", file=out)
     print(f"time      {a.epochs} epochs in {train_seconds:.2f} s ({1000 * train_seconds / a.epochs:.1f} ms per "
           f"epoch with its evaluation; the first took {first_epoch_s:.2f} s)", file=out)
     if a.save:

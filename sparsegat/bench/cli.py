@@ -325,6 +325,13 @@ def _set_threads(threads: int | None, runners: dict[str, Any]) -> None:
         torch.set_num_threads(threads)
 
 
+def _load1() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _busy_note() -> str | None:
     """A warning when other processes keep the CPUs busy (Unix load average)."""
     from .timing import cpu_threads
@@ -359,7 +366,7 @@ def _error_text(exc: BaseException) -> str:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .report import add_derived, format_table, machine_info, matplotlib_available, plot, write_json
-    from .timing import measure
+    from .timing import cpu_threads, measure
 
     started = time.perf_counter()
     try:
@@ -419,6 +426,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     "graph_index": case.graph_index, "graph": bg.name, "backend": name,
                     "device": runner.device, "implementation": runner.implementation(case.op),
                     "config": case.config(), "label": case.label(), "status": "ok",
+                    "load_average_1min": _load1(),
                 }
                 try:
                     fn = runner.prepare(case, bg, inputs)
@@ -443,6 +451,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         interrupted = True
         progress("\ninterrupted")
         notes.append(f"interrupted after {len(results)} of {total} measurement(s)")
+    loads = [r["load_average_1min"] for r in results if r.get("load_average_1min") is not None]
+    if loads and not busy and max(loads) > 0.5 * cpu_threads() + 0.5:
+        notes.append(f"the machine got busy during the run (1-minute load average up to {max(loads):.1f} "
+                     f"on {cpu_threads()} CPUs): later timings may be noisy; see load_average_1min in the JSON")
     add_derived(results, graph_desc, args.baseline)
     elapsed = time.perf_counter() - started
     print(format_table(results, graph_desc, args.baseline))

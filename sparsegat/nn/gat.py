@@ -77,6 +77,9 @@ class _AttentionLayer(Module):
         self.add_self_loops = bool(add_self_loops)
         self.dropout = check_probability("dropout", dropout)
         self._cache: Any = None
+        #: The operator's context of the latest forward (``ctx.graph``, ``ctx.q``, ``ctx.k``,
+        #: ``ctx.att``, ``ctx.spec``): enough to recompute the attention weights.
+        self.last_context: Any = None
 
     def _graph(self, g: Any) -> CSRGraph:
         if not isinstance(g, CSRGraph):
@@ -203,6 +206,7 @@ class GATConv(_AttentionLayer):
         out, ctx = attention_forward(g2, a_dst, a_src, hv, score="additive",
                                      negative_slope=self.negative_slope, dropout=p, seed=seed,
                                      backend=self.backend)
+        self.last_context = ctx
         # Never modify `out` in place: the backward pass reads it from ctx.
         y = out.reshape(n_dst, H * C) if self.concat else out.mean(axis=1)
         if self.residual:
@@ -322,6 +326,7 @@ class GATv2Conv(_AttentionLayer):
         out, ctx = attention_forward(g2, xr, xl, xl, score="gatv2", att=att,
                                      negative_slope=self.negative_slope, dropout=p, seed=seed,
                                      backend=self.backend)
+        self.last_context = ctx
         y = out.reshape(n_dst, H * C) if self.concat else out.mean(axis=1)
         if self.residual:
             y = y + x_dst @ self._param("W_res", kind)
@@ -454,6 +459,7 @@ class GraphAttention(_AttentionLayer):
         out, ctx = attention_forward(g2, q.reshape(n_dst, H, C), k.reshape(n_src, H, C),
                                      v.reshape(n_src, H, C), score=self.score, tau=tau, dropout=p,
                                      seed=seed, backend=self.backend)
+        self.last_context = ctx
         c = out.reshape(n_dst, H * C)
         self._cache = (streams, single, ctx, Wq, Wk, Wv)
         if self.residual:
