@@ -63,16 +63,16 @@ def _parse_int(text: str, what: str, minimum: int = 1) -> int:
     try:
         value = int(t) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}: {text.strip()!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not an integer") from None
     if value < minimum:
-        raise argparse.ArgumentTypeError(f"{what}: {value} is below the minimum {minimum}")
+        raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
     return value
 
 
 def _split(text: str, what: str) -> list[str]:
     items = [t.strip() for t in str(text).split(",")]
     if not text.strip() or any(not t for t in items):
-        raise argparse.ArgumentTypeError(f"{what}: expected a comma-separated list, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return items
 
 
@@ -94,7 +94,7 @@ def parse_features(text: str) -> list[tuple[int, int]]:
     for item in _split(text, "--features"):
         parts = item.split(":")
         if len(parts) > 2:
-            raise argparse.ArgumentTypeError(f"--features: {item!r} must be D or D:Dv")
+            raise argparse.ArgumentTypeError(f"{item!r} must be D or D:Dv")
         d = _parse_int(parts[0], "--features")
         dv = _parse_int(parts[1], "--features") if len(parts) == 2 else d
         out.append((d, dv))
@@ -113,7 +113,7 @@ def choice_list(what: str, choices: Sequence[str], aliases: dict[str, str] | Non
             name = (aliases or {}).get(item.lower(), item.lower())
             if name not in choices:
                 raise argparse.ArgumentTypeError(
-                    f"{what}: unknown value {item!r}; choose from {', '.join(choices)} (or all)")
+                    f"unknown value {item!r}; choose from {', '.join(choices)} (or all)")
             out.append(name)
         return _unique(out)
     parse.__name__ = what
@@ -452,12 +452,12 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         progress("\ninterrupted")
         notes.append(f"interrupted after {len(results)} of {total} measurement(s)")
     loads = [r["load_average_1min"] for r in results if r.get("load_average_1min") is not None]
-    if loads and not busy and max(loads) > 0.5 * cpu_threads() + 0.5:
+    # The run itself keeps up to every CPU busy, so only more runnable threads than CPUs count.
+    if loads and not busy and max(loads) > cpu_threads() + 1:
         notes.append(f"the machine got busy during the run (1-minute load average up to {max(loads):.1f} "
                      f"on {cpu_threads()} CPUs): later timings may be noisy; see load_average_1min in the JSON")
     add_derived(results, graph_desc, args.baseline)
     elapsed = time.perf_counter() - started
-    print(format_table(results, graph_desc, args.baseline))
     errors = [r for r in results if r["status"] == "error"]
     if errors:
         msg = (f"{len(errors)} measurement(s) failed: "
@@ -466,6 +466,18 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         notes.append(msg)
     machine = machine_info()
     machine["load_average_start"] = load_start
+    failed_output = False
+    if args.plot:
+        cpu = machine["cpu_model"]
+        gpu = machine["gpu"]
+        title = f"sparsegat bench on {cpu} ({machine['threads']['usable_cpus']} threads)" + (
+            f", {gpu}" if gpu else "")
+        try:
+            plot(results, graph_desc, args.plot, title=title)
+            progress(f"wrote {args.plot}")
+        except Exception as exc:  # a plot problem must not lose the measurements
+            notes.append(f"no plot: {_error_text(exc)}")
+            failed_output = True
     if args.json:
         document = {
             "schema": "sparsegat-bench/1",
@@ -481,24 +493,19 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             "notes": notes,
             "elapsed_s": elapsed,
         }
-        write_json(args.json, document)
-        progress(f"wrote {args.json}")
-    if args.plot:
-        cpu = machine["cpu_model"]
-        gpu = machine["gpu"]
-        title = f"sparsegat bench on {cpu} ({machine['threads']['usable_cpus']} threads)" + (
-            f", {gpu}" if gpu else "")
         try:
-            plot(results, graph_desc, args.plot, title=title)
-            progress(f"wrote {args.plot}")
-        except ValueError as exc:
-            notes.append(f"no plot: {exc}")
+            write_json(args.json, document)
+            progress(f"wrote {args.json}")
+        except OSError as exc:
+            notes.append(f"could not write {args.json}: {_error_text(exc)}")
+            failed_output = True
+    print(format_table(results, graph_desc, args.baseline))
     if notes:
         print("\nnotes:\n" + "\n".join(f"- {n}" for n in notes))
     progress(f"done in {elapsed:.1f} s")
     if interrupted:
         return 130
-    return 1 if errors else 0
+    return 1 if errors or failed_output else 0
 
 
 def _fmt(t: float) -> str:
@@ -517,6 +524,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         return run(args, argv)
+    except BrokenPipeError:  # e.g. `sparsegat bench | head`: stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
     except (BenchError, ValueError, OSError) as exc:
         print(f"sparsegat bench: error: {exc}", file=sys.stderr)
         return 1
