@@ -28,10 +28,6 @@ def _edge_chunks(nnz: int, width: int) -> Iterator[slice]:
         yield slice(start, min(start + step, nnz))
 
 
-def _cols(g: Any) -> np.ndarray:
-    return g.indices
-
-
 def _head_matrix(g: Any, values: np.ndarray) -> sp.csr_matrix:
     """The (n_dst, n_src) sparse matrix with ``values`` (nnz,) on the graph's structure."""
     return sp.csr_matrix((values, g.indices, g.indptr), shape=g.shape)
@@ -64,30 +60,31 @@ def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x / norm[..., None], norm
 
 
-def _segment_max(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """Per-row max of ``values`` (nnz, H); 0 for empty rows."""
+def _segment_reduce(ufunc: np.ufunc, values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Per-row ``ufunc.reduce`` of ``values`` (nnz, ...) over CSR rows; 0 for empty rows."""
     n = indptr.shape[0] - 1
     out = np.zeros((n,) + values.shape[1:], dtype=values.dtype)
     nonempty = indptr[1:] > indptr[:-1]
     if values.shape[0]:
-        out[nonempty] = np.maximum.reduceat(values, indptr[:-1][nonempty], axis=0)
+        # reduceat misreads empty segments, so reduce over the non-empty rows only.
+        out[nonempty] = ufunc.reduceat(values, indptr[:-1][nonempty], axis=0)
     return out
+
+
+def _segment_max(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Per-row max of ``values`` (nnz, H); 0 for empty rows."""
+    return _segment_reduce(np.maximum, values, indptr)
 
 
 def _segment_sum(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """Per-row sum of ``values`` (nnz, ...); 0 for empty rows."""
-    n = indptr.shape[0] - 1
-    out = np.zeros((n,) + values.shape[1:], dtype=values.dtype)
-    nonempty = indptr[1:] > indptr[:-1]
-    if values.shape[0]:
-        out[nonempty] = np.add.reduceat(values, indptr[:-1][nonempty], axis=0)
-    return out
+    return _segment_reduce(np.add, values, indptr)
 
 
 # ---------------------------------------------------------------------- scores
 def _scores(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any, spec: AttentionSpec) -> np.ndarray:
     """Score ``s`` of every edge and head, shape (nnz, H), in CSR order."""
-    rows, cols = g.row_ids(), _cols(g)
+    rows, cols = g.row_ids(), g.indices
     score = spec.score
     if score == "additive":
         s = _leaky_relu(q[rows] + k[cols], spec.negative_slope)
@@ -164,7 +161,7 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
 def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
              spec: AttentionSpec, out: np.ndarray, saved: dict, dout: np.ndarray) -> dict:
     """Gradients of every input; see ``docs/math.md`` for the derivation."""
-    rows, cols = g.row_ids(), _cols(g)
+    rows, cols = g.row_ids(), g.indices
     heads = v.shape[1]
     s = _scores(g, q, k, att, edge_bias, spec)
     p = np.exp((s - saved["m"][rows]) - saved["log_denom"][rows])
@@ -193,7 +190,7 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
 def _score_backward(g: Any, q: np.ndarray, k: np.ndarray, att: Any, ds: np.ndarray,
                     spec: AttentionSpec) -> dict:
     """Push the score gradient ``ds`` (nnz, H) into q, k and the score's own parameters."""
-    rows, cols = g.row_ids(), _cols(g)
+    rows, cols = g.row_ids(), g.indices
     score, dtype = spec.score, q.dtype.type
     n_dst, n_src = g.shape
 

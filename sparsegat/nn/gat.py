@@ -109,6 +109,14 @@ class _AttentionLayer(Module):
         x_dst = x if n_dst == n_src else x[:n_dst]
         return x, kind, sparse, x_dst
 
+    def _residual_backward(self, x_dst: Any, dy: Any, dx: Any) -> Any:
+        """Add the ``x_dst @ W_res`` path's gradients (when ``residual``) and return ``dx``."""
+        if self.residual:
+            self.grads["W_res"] = sparse_t_matmul(x_dst, dy)
+            if dx is not None:
+                dx[:x_dst.shape[0]] += dy @ self.params["W_res"].T
+        return dx
+
     def _check_dy(self, dy: Any, shape: tuple[int, ...]) -> Any:
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -243,11 +251,7 @@ class GATConv(_AttentionLayer):
             self.grads["att_dst"] = _block_diag_part(xp, h[:n_dst].T @ gr.q, H, C, 0)
         self.grads["W"] = sparse_t_matmul(x, dh)
         dx = None if sparse else dh @ W.T
-        if self.residual:
-            self.grads["W_res"] = sparse_t_matmul(x_dst, dy)
-            if dx is not None:
-                dx[:n_dst] += dy @ self.params["W_res"].T
-        return dx
+        return self._residual_backward(x_dst, dy, dx)
 
     def extra_repr(self) -> str:
         return (f"{self.in_dim}, {self.out_dim}, heads={self.heads}, concat={self.concat}, "
@@ -364,11 +368,7 @@ class GATv2Conv(_AttentionLayer):
                 self.grads["b_dst"] = dxr.sum(axis=0)
             if dx is not None:
                 dx[:n_dst] += dxr @ W_dst.T
-        if self.residual:
-            self.grads["W_res"] = sparse_t_matmul(x_dst, dy)
-            if dx is not None:
-                dx[:n_dst] += dy @ self.params["W_res"].T
-        return dx
+        return self._residual_backward(x_dst, dy, dx)
 
     def extra_repr(self) -> str:
         return (f"{self.in_dim}, {self.out_dim}, heads={self.heads}, concat={self.concat}, "
