@@ -62,6 +62,13 @@ CALLS = {"forward": forward, "weights": weights}
 call_param = pytest.mark.parametrize("call", list(CALLS.values()), ids=list(CALLS))
 
 
+def call_and_input_param(names):
+    """Parametrize over (call, input name), leaving out ``v`` for attention_weights (it takes none)."""
+    return pytest.mark.parametrize("call,name", [
+        pytest.param(c, n, id=f"{cid}-{n}") for cid, c in CALLS.items() for n in names
+        if not (c is weights and n == "v")])
+
+
 def check(exc, pattern, call, g, a, **kw):
     """``call`` raises ``exc`` whose message matches ``pattern``."""
     with pytest.raises(exc, match=pattern):
@@ -99,13 +106,10 @@ def test_g_scipy_matrix_not_accepted():
 
 
 # ============================================================================ non-arrays
-@call_param
-@pytest.mark.parametrize("name", ["q", "k", "v", "att", "edge_bias"])
+@call_and_input_param(["q", "k", "v", "att", "edge_bias"])
 @pytest.mark.parametrize("make_bad", [lambda x: x.tolist(), lambda x: 1.0, lambda x: "array"],
                          ids=["list", "float", "str"])
 def test_non_array_input(call, name, make_bad):
-    if call is weights and name == "v":
-        pytest.skip("attention_weights takes no v")
     score = "gatv2" if name == "att" else "dot"
     g, a = make(score)
     a[name] = make_bad(a[name])
@@ -255,23 +259,17 @@ def test_edge_bias_of_dense_shape_refused():
 
 
 # ============================================================================ dtypes
-@call_param
-@pytest.mark.parametrize("name", ["q", "k", "v", "att", "edge_bias"])
+@call_and_input_param(["q", "k", "v", "att", "edge_bias"])
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.float16, np.complex128, np.bool_, object])
 def test_non_float_dtype(call, name, dtype):
-    if call is weights and name == "v":
-        pytest.skip("attention_weights takes no v")
     g, a = make("gatv2")
     a[name] = a[name].astype(dtype)
     check(TypeError, rf"\b{name} must have dtype float32 or float64, got {np.dtype(dtype)}", call, g, a,
           score="gatv2")
 
 
-@call_param
-@pytest.mark.parametrize("name", ["k", "v", "att", "edge_bias"])
+@call_and_input_param(["k", "v", "att", "edge_bias"])
 def test_mixed_dtypes(call, name):
-    if call is weights and name == "v":
-        pytest.skip("attention_weights takes no v")
     for base, other in ((np.float64, np.float32), (np.float32, np.float64)):
         g, a = make("gatv2", dtype=base)
         a[name] = a[name].astype(other)
