@@ -19,7 +19,9 @@ machine tends to hit every group alike):
   ``score="additive"`` on the numba backend) plus NumPy dense work for the projection
   and the parameter gradients (the two big GEMMs split over threads, each on a one-thread
   OpenBLAS, see :class:`Gemm` and ``--blas-threads``);
-- ``sparsegat nn.GATConv``: the package's layer (when present), which also computes ``dx``;
+- ``sparsegat nn.GATConv``: the package's layer (when present), with the input gradient
+  ``dx`` computed, and again with ``layer.input_grad = False`` ("no dx"), which is what
+  PyG does here (its ``x`` does not require a gradient);
 - ``PyG GATConv``: ``torch_geometric.nn.GATConv`` on torch CPU with the same parameters
   (outputs and gradients are compared with ours first), with the environment as it
   is and again with ``OMP_WAIT_POLICY=PASSIVE``; speed-ups are against the faster.
@@ -258,7 +260,7 @@ class PygLayer:
 # ----------------------------------------------------------------------------- measurements
 GROUPS = {
     "sparsegat op": ("forward", "forward+backward"),
-    "sparsegat nn.GATConv": ("forward", "forward+backward"),
+    "sparsegat nn.GATConv": ("forward", "forward+backward", "forward+backward, no dx"),
     "PyG GATConv": ("forward", "forward+backward", "forward (no_grad)"),
     "PyG GATConv, OMP passive": ("forward", "forward+backward", "forward (no_grad)"),
 }
@@ -279,9 +281,13 @@ def measurements(p: Problem, group: str) -> dict[str, Callable[[], Any]]:
         layer = make_nn_layer(p)
         if layer is None:
             return {}
+        no_dx = make_nn_layer(p)
+        no_dx.input_grad = False
         return {"sparsegat nn.GATConv: forward": lambda: layer.forward(p.x, p.g_raw, training=True),
                 "sparsegat nn.GATConv: forward+backward":
-                    lambda: (layer.forward(p.x, p.g_raw, training=True), layer.backward(p.R))}
+                    lambda: (layer.forward(p.x, p.g_raw, training=True), layer.backward(p.R)),
+                "sparsegat nn.GATConv: forward+backward, no dx":
+                    lambda: (no_dx.forward(p.x, p.g_raw, training=True), no_dx.backward(p.R))}
     if group.startswith("PyG GATConv"):
         pyg = PygLayer(p)
         return {f"{group}: forward": pyg.forward, f"{group}: forward+backward": pyg.step,
@@ -592,15 +598,20 @@ def main(argv: list[str] | None = None) -> int:
     speedup = {}
     if with_pyg:
         print()
-        for what in ("forward", "forward+backward"):
-            ours = results.get(f"sparsegat op: {what}")
-            pygs = [r for r in (results.get(f"PyG GATConv: {what}"),
-                                results.get(f"PyG GATConv, OMP passive: {what}")) if r]
+        for who, what, pyg_what in (("sparsegat op", "forward", "forward"),
+                                    ("sparsegat op", "forward+backward", "forward+backward"),
+                                    ("sparsegat nn.GATConv", "forward", "forward"),
+                                    ("sparsegat nn.GATConv", "forward+backward", "forward+backward"),
+                                    ("sparsegat nn.GATConv", "forward+backward, no dx", "forward+backward")):
+            ours = results.get(f"{who}: {what}")
+            pygs = [r for r in (results.get(f"PyG GATConv: {pyg_what}"),
+                                results.get(f"PyG GATConv, OMP passive: {pyg_what}")) if r]
             if ours and pygs:
                 med = min(r["median_s"] for r in pygs)
                 low = min(r["min_s"] for r in pygs)
-                speedup[what] = med / ours["median_s"]
-                print(f"speed-up over the faster PyG, {what}: {speedup[what]:.1f}x (medians), "
+                key = what if who == "sparsegat op" else f"nn.GATConv {what}"
+                speedup[key] = med / ours["median_s"]
+                print(f"speed-up of {who} over the faster PyG, {what}: {speedup[key]:.1f}x (medians), "
                       f"{low / ours['min_s']:.1f}x (minima)")
 
     bound = {}

@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 from .arrays import array_kind, namespace, to_numpy
+from .nn import compiled
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -210,16 +211,21 @@ class Adam(Optimizer):
 
     def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any]) -> None:
         b1, b2 = self.betas
-        if self.maximize:
-            g = -g
         if not state:
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p)
             state["exp_avg_sq"] = xp.zeros_like(p)
-            if self.amsgrad:
-                state["max_exp_avg_sq"] = xp.zeros_like(p)
+        if self.amsgrad and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = xp.zeros_like(p)
         state["step"] += 1
         t = state["step"]
+        # NumPy arrays with numba in use: the same arithmetic in one compiled pass.
+        if compiled.adam_update(p, g, state, lr=self.lr, betas=self.betas, eps=self.eps,
+                                weight_decay=self.weight_decay, decoupled=self._decoupled,
+                                amsgrad=self.amsgrad, maximize=self.maximize):
+            return
+        if self.maximize:
+            g = -g
         if self.weight_decay:
             if self._decoupled:
                 p *= 1.0 - self.lr * self.weight_decay
@@ -230,7 +236,7 @@ class Adam(Optimizer):
         v *= b2
         v += (1.0 - b2) * (g * g)
         if self.amsgrad:
-            vmax = state.setdefault("max_exp_avg_sq", xp.zeros_like(p))
+            vmax = state["max_exp_avg_sq"]
             xp.maximum(vmax, v, out=vmax)
             v = vmax
         step_size = self.lr / (1.0 - b1 ** t)

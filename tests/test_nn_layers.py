@@ -460,3 +460,30 @@ def test_softmax_cross_entropy_bad_inputs():
         nn.softmax_cross_entropy(logits, np.array([0.0, 1.0, 0.0]))
     assert nn.accuracy(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), np.array([0, 1, 1])) == pytest.approx(2 / 3)
     assert nn.accuracy(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 0]), np.array([1])) == 0.0
+
+
+# ---------------------------------------------------------------------- input_grad
+@pytest.mark.parametrize("make", [
+    lambda: nn.GATConv(5, 3, heads=2, residual=True, seed=0, dtype=np.float64),
+    lambda: nn.GATv2Conv(5, 3, heads=2, residual=True, seed=0, dtype=np.float64),
+    lambda: nn.GraphAttention(5, 3, heads=2, score="dot", residual=False, seed=0, dtype=np.float64),
+    lambda: nn.GraphAttention(5, 3, heads=2, score="cosine", residual=True, seed=0, dtype=np.float64),
+    lambda: nn.Linear(5, 3, seed=0, dtype=np.float64),
+], ids=["GATConv", "GATv2Conv", "GraphAttention", "GraphAttention-residual", "Linear"])
+def test_input_grad_false_skips_dx_and_changes_nothing_else(make):
+    """``layer.input_grad = False``: backward returns None, every parameter gradient is
+    the same as with the input gradient computed."""
+    g = random_graph(7, 7, 0.4, seed=2)
+    x = np.random.default_rng(1).normal(size=(7, 5))
+    results = []
+    for flag in (True, False):
+        layer = make()
+        layer.input_grad = flag
+        y = layer.forward(x, g)
+        dx = layer.backward(_like(y, np.random.default_rng(3)))
+        results.append((dx, {k: v.copy() for k, v in layer.grads.items()}))
+    (dx_on, grads_on), (dx_off, grads_off) = results
+    assert dx_on is not None and (dx_off is None or all(d is None for d in dx_off))
+    assert sorted(grads_on) == sorted(grads_off)
+    for name in grads_on:
+        assert np.array_equal(grads_on[name], grads_off[name]), name

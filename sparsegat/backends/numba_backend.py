@@ -32,6 +32,13 @@ NATIVE_INDEX_DTYPE = False
 
 _INT32_MAX = np.iinfo(np.int32).max
 
+#: The forward kernel's two-pass form is used for at least this many heads (below, its
+#: branch-free loops over the heads gain nothing) while the gathered arrays (``k`` and ``v``)
+#: take at most ``TWO_PASS_MAX_BYTES``, so that they mostly stay in a core's L2 cache; beyond
+#: that the one-pass online softmax is faster (docs/numba.md). Tests set both to force a form.
+TWO_PASS_MIN_HEADS = 4
+TWO_PASS_MAX_BYTES = 1 << 20
+
 
 def _kernel_index_dtype(g: Any) -> np.dtype:
     if NATIVE_INDEX_DTYPE or g.index_dtype == np.int32:
@@ -129,8 +136,9 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
     rowinv = np.empty((n_dst, heads), dtype=v.dtype)
     qs, ks, qn, kn = _score_inputs(q, k, spec)
     indptr, indices, chunks = _csr(g)
+    two_pass = heads >= TWO_PASS_MIN_HEADS and ks.nbytes + v.nbytes <= TWO_PASS_MAX_BYTES
     forward_kernel(spec.score)(indptr, indices, chunks, qs, ks, _ro(v),
-                               *_options(q, att, edge_bias, qn, kn, spec), out, rowmax, rowinv)
+                               *_options(q, att, edge_bias, qn, kn, spec), two_pass, out, rowmax, rowinv)
     return out, {"rowmax": rowmax, "rowinv": rowinv}
 
 

@@ -19,7 +19,7 @@ from ..backends import BACKEND_NAMES
 from ..graph import CSRGraph
 from . import init
 from .module import (Module, as_input, check_positive_int, check_probability, input_kind,
-                     sparse_t_matmul)
+                     sparse_dense_matmul, sparse_t_matmul)
 
 #: Cache key of the self-loop version of a graph (kept on the graph itself, see CSRGraph.cached).
 SELF_LOOPS_KEY = "sparsegat.nn:with_self_loops"
@@ -200,7 +200,7 @@ class GATConv(_AttentionLayer):
         H, C = self.heads, self.out_dim
         W = self._param("W", kind)
         att_src, att_dst = self._param("att_src", kind), self._param("att_dst", kind)
-        h = x @ W
+        h = sparse_dense_matmul(x, W, self.backend)
         hv = h.reshape(n_src, H, C)
         # Both per-node attention terms with one small dense product: h @ [A_src | A_dst],
         # the A block-diagonal (H*C, H) forms of att_src and att_dst.
@@ -218,7 +218,7 @@ class GATConv(_AttentionLayer):
         # Never modify `out` in place: the backward pass reads it from ctx.
         y = out.reshape(n_dst, H * C) if self.concat else out.mean(axis=1)
         if self.residual:
-            y = y + x_dst @ self._param("W_res", kind)
+            y = y + sparse_dense_matmul(x_dst, self._param("W_res", kind), self.backend)
         if "bias" in self.params:
             y = y + self._param("bias", kind)
         self._cache = (x, sparse, x_dst, h, ctx, A, W)
@@ -250,7 +250,7 @@ class GATConv(_AttentionLayer):
             self.grads["att_src"] = _block_diag_part(xp, h.T @ gr.k, H, C, 0)
             self.grads["att_dst"] = _block_diag_part(xp, h[:n_dst].T @ gr.q, H, C, 0)
         self.grads["W"] = sparse_t_matmul(x, dh)
-        dx = None if sparse else dh @ W.T
+        dx = None if sparse or not self.input_grad else dh @ W.T
         return self._residual_backward(x_dst, dy, dx)
 
     def extra_repr(self) -> str:
@@ -312,7 +312,7 @@ class GATv2Conv(_AttentionLayer):
         n_dst, n_src = g2.shape
         H, C = self.heads, self.out_dim
         W_src = self._param("W_src", kind)
-        xl = x @ W_src
+        xl = sparse_dense_matmul(x, W_src, self.backend)
         if self.has_bias:
             xl += self._param("b_src", kind)
         xl = xl.reshape(n_src, H, C)
@@ -321,7 +321,7 @@ class GATv2Conv(_AttentionLayer):
             W_dst = None
         else:
             W_dst = self._param("W_dst", kind)
-            xr = x_dst @ W_dst
+            xr = sparse_dense_matmul(x_dst, W_dst, self.backend)
             if self.has_bias:
                 xr += self._param("b_dst", kind)
             xr = xr.reshape(n_dst, H, C)
@@ -333,7 +333,7 @@ class GATv2Conv(_AttentionLayer):
         self.last_context = ctx
         y = out.reshape(n_dst, H * C) if self.concat else out.mean(axis=1)
         if self.residual:
-            y = y + x_dst @ self._param("W_res", kind)
+            y = y + sparse_dense_matmul(x_dst, self._param("W_res", kind), self.backend)
         if "bias" in self.params:
             y = y + self._param("bias", kind)
         self._cache = (x, sparse, x_dst, ctx, W_src, W_dst)
@@ -361,7 +361,7 @@ class GATv2Conv(_AttentionLayer):
         self.grads["W_src"] = sparse_t_matmul(x, dxl)
         if self.has_bias:
             self.grads["b_src"] = dxl.sum(axis=0)
-        dx = None if sparse else dxl @ W_src.T
+        dx = None if sparse or not self.input_grad else dxl @ W_src.T
         if not self.share_weights:
             self.grads["W_dst"] = sparse_t_matmul(x_dst, dxr)
             if self.has_bias:
@@ -451,9 +451,9 @@ class GraphAttention(_AttentionLayer):
             raise TypeError("GraphAttention: x_q, x_k and x_v must all be NumPy or all be CuPy arrays")
         H, C = self.heads, self.out_dim
         Wq, Wk, Wv = (self._param(n, kind) for n in ("W_q", "W_k", "W_v"))
-        q = streams[0][3] @ Wq
-        k = streams[1][0] @ Wk
-        v = streams[2][0] @ Wv
+        q = sparse_dense_matmul(streams[0][3], Wq, self.backend)
+        k = sparse_dense_matmul(streams[1][0], Wk, self.backend)
+        v = sparse_dense_matmul(streams[2][0], Wv, self.backend)
         p, seed = self._attention_dropout(training)
         tau = self._tau() if self.uses_tau else 1.0
         out, ctx = attention_forward(g2, q.reshape(n_dst, H, C), k.reshape(n_src, H, C),
@@ -501,7 +501,7 @@ class GraphAttention(_AttentionLayer):
         self.grads["W_v"] = sparse_t_matmul(streams[2][0], dv)
 
         def back(stream: Any, d: Any, W: Any, dst_only: bool) -> Any:
-            if stream[2]:  # sparse input: no gradient
+            if stream[2] or not self.input_grad:  # sparse input: no gradient
                 return None
             if not dst_only:
                 return d @ W.T
@@ -511,7 +511,7 @@ class GraphAttention(_AttentionLayer):
             return out
 
         if single:
-            if streams[0][2]:
+            if streams[0][2] or not self.input_grad:
                 return None
             dx = dk @ Wk.T
             dx += dv @ Wv.T

@@ -9,7 +9,7 @@ import numpy as np
 from ..arrays import namespace
 from . import init
 from .module import (Module, as_input, check_positive_int, check_probability, input_kind, is_sparse,
-                     sparse_t_matmul)
+                     sparse_dense_matmul, sparse_t_matmul)
 
 
 def _map(f: Callable[[Any], Any], x: Any) -> Any:
@@ -63,7 +63,7 @@ class Linear(Module):
         if x.shape[1] != self.in_dim:
             raise ValueError(f"Linear expects {self.in_dim} input features, got x of shape {tuple(x.shape)}")
         W = self._param("W", kind)
-        y = x @ W
+        y = sparse_dense_matmul(x, W)
         if "b" in self.params:
             y += self._param("b", kind)
         self._cache = (x, sparse)
@@ -76,7 +76,7 @@ class Linear(Module):
         self.grads["W"] = sparse_t_matmul(x, dy)
         if "b" in self.params:
             self.grads["b"] = dy.sum(axis=0)
-        if sparse:
+        if sparse or not self.input_grad:
             return None
         return dy @ self.params["W"].T
 
@@ -96,12 +96,16 @@ class ELU(Module):
 
     def _one(self, x: Any) -> Any:
         xp = namespace(x)
-        neg = xp.minimum(x, 0)
-        xp.expm1(neg, out=neg)
+        y = xp.minimum(x, 0)
+        xp.expm1(y, out=y)
         if self.alpha != 1.0:
-            neg *= self.alpha
-        y = xp.maximum(x, 0)
-        y += neg
+            y *= self.alpha
+        if self.alpha <= 1.0:
+            # alpha * expm1(min(x, 0)) is 0 <= x for x > 0 and >= x for x <= 0 (alpha <= 1):
+            # the max is the ELU, with one pass and one temporary fewer.
+            xp.maximum(x, y, out=y)
+        else:
+            y += xp.maximum(x, 0)
         return y
 
     def _grad(self, dy: Any, y: Any) -> Any:

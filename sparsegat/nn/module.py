@@ -7,6 +7,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..arrays import array_kind, namespace, to_numpy
+from . import compiled
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -76,9 +77,14 @@ def as_input(x: Any, dtype: np.dtype, name: str = "x") -> tuple[Any, bool]:
     return x, False
 
 
-def sparse_dense_matmul(x: Any, w: Any) -> Any:
-    """``x @ w`` for a sparse or dense ``x`` and a dense ``w``; always a dense array."""
-    return x @ w
+def sparse_dense_matmul(x: Any, w: Any, backend: str | None = None) -> Any:
+    """``x @ w`` for a sparse or dense ``x`` and a dense ``w``; always a dense array.
+
+    A scipy CSR ``x`` goes to a compiled kernel when ``backend`` resolves to numba
+    (:mod:`.compiled`).
+    """
+    out = compiled.csr_matmul(x, w, backend)
+    return x @ w if out is None else out
 
 
 def sparse_t_matmul(x: Any, dy: Any) -> Any:
@@ -113,6 +119,9 @@ class Module:
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
         self._rng = np.random.default_rng(seed)
+        #: False: ``backward`` skips the input gradient and returns None (a first layer,
+        #: whose input is data, as PyG skips it for inputs without ``requires_grad``).
+        self.input_grad = True
 
     # ------------------------------------------------------------------ protocol
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:

@@ -6,12 +6,22 @@ argument types (float32/float64; the index dtype) the first time each
 combination is called and caches the machine code on disk (``cache=True``).
 
 Rows are processed in chunks of roughly equal work (:mod:`.partition`); a
-``prange`` over the chunks spreads them over Numba's threads. Inside a row, for
-each edge and head: the score, an online (running-max) softmax update and the
-weighted sum of values, accumulated in a small per-chunk buffer of ``H x Dv``
-numbers and written to ``out[i]`` once. The rows of ``v`` (and ``k``) a few
-edges ahead are prefetched. The pass saves the row maxima and the inverse row
-sums, ``(n_dst, H)`` each, for backward.
+``prange`` over the chunks spreads them over Numba's threads. A row is
+computed in one of two ways, picked per call by the caller (``two_pass``):
+
+* one pass with an online (running-max) softmax: for each edge and head the
+  score, the running max/sum update and the weighted sum of values. Each
+  edge's rows of ``k`` and ``v`` are gathered once, interleaved with the
+  arithmetic: the faster form when those gathers miss the caches (large graphs).
+* two passes: the row's scores and their maximum into a small per-chunk
+  buffer, then weights, sums and the weighted values in short branch-free
+  loops over the heads: about 1.5x faster when the gathered arrays sit in
+  cache and the per-head branches of the online form are the bottleneck
+  (Cora-sized graphs; measured in docs/numba.md).
+
+Both accumulate in a per-chunk buffer of ``H x Dv`` numbers written to
+``out[i]`` once, prefetch the rows of ``v`` (and ``k``) a few edges ahead, and
+save the row maxima and inverse row sums, ``(n_dst, H)`` each, for backward.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from ._source import SOURCE_DIGEST
 from .dropout import keep
 from .fastexp import exp
 from .intrinsics import PREFETCH_DISTANCE, prefetch_row
-from .scores import FASTMATH, SCORE_IDS, edge_score
+from .scores import ADDITIVE, FASTMATH, SCORE_IDS, edge_score
 
 #: Options shared by every kernel: parallel (``prange``), cached on disk, the fast-math
 #: flags of :data:`.scores.FASTMATH`, ``error_model="numpy"`` (no ZeroDivisionError
@@ -42,7 +52,7 @@ def forward_kernel(score: str):
 
     @njit(**KERNEL_OPTIONS)
     def attention_forward_rows(indptr, indices, chunks, q, k, v, att, bias, has_bias, qnorm, knorm,
-                               tau, slope, scale, dropout, seed_key, threshold, keep_scale,
+                               tau, slope, scale, dropout, seed_key, threshold, keep_scale, two_pass,
                                out, rowmax, rowinv):
         DIGEST  # noqa: B018 - keeps the source digest in the closure: a cache key
         H = v.shape[1]
@@ -50,61 +60,104 @@ def forward_kernel(score: str):
         zero = v.dtype.type(0)
         one = v.dtype.type(1)
         for c in prange(chunks.shape[0] - 1):
+            row0 = chunks[c]
+            row1 = chunks[c + 1]
+            edge_end = indptr[row1]
+            max_degree = 0
+            if two_pass:
+                for i in range(row0, row1):
+                    max_degree = max(max_degree, indptr[i + 1] - indptr[i])
+            sc = np.empty((max_degree, H), v.dtype)  # one row's scores (two-pass only)
             m = np.empty(H, v.dtype)
             l = np.empty(H, v.dtype)
+            w = np.empty(H, v.dtype)
             acc = np.empty((H, Dv), v.dtype)
-            edge_end = indptr[chunks[c + 1]]
-            for i in range(chunks[c], chunks[c + 1]):
+            for i in range(row0, row1):
                 start = indptr[i]
                 stop = indptr[i + 1]
+                oi = out[i]
+                if stop == start:
+                    for h in range(H):
+                        for d in range(Dv):
+                            oi[h, d] = zero
+                        rowmax[i, h] = zero
+                        rowinv[i, h] = zero
+                    continue
                 for h in range(H):
+                    l[h] = zero
                     for d in range(Dv):
                         acc[h, d] = zero
+                # The scores: in the two-pass form only stored (pass 1); in the one-pass
+                # form folded at once into an online (running-max) softmax, so each
+                # edge's rows of k and v are gathered once. (One call site of
+                # edge_score: Numba's IR inliner mishandles a second one.)
                 for e in range(start, stop):
-                    if e + PREFETCH_DISTANCE < edge_end:
+                    if e + PREFETCH_DISTANCE < edge_end and not (two_pass and SID == ADDITIVE):
                         jn = indices[e + PREFETCH_DISTANCE]
-                        prefetch_row(v, jn)
                         prefetch_row(k, jn)
+                        if not two_pass:
+                            prefetch_row(v, jn)
                     j = indices[e]
                     vj = v[j]
                     for h in range(H):
                         s, _ = edge_score(SID, q, i, k, j, h, att, qnorm, knorm, tau, slope, scale)
                         if has_bias:
                             s += bias[e, h]
+                        if two_pass:
+                            sc[e - start, h] = s
+                            continue
                         if e == start:
                             m[h] = s
                             l[h] = one
-                            w = one
+                            x = one
                         elif s > m[h]:
                             corr = exp(m[h] - s)
                             m[h] = s
                             l[h] = l[h] * corr + one
                             for d in range(Dv):
                                 acc[h, d] *= corr
-                            w = one
+                            x = one
                         else:
-                            w = exp(s - m[h])
-                            l[h] += w
+                            x = exp(s - m[h])
+                            l[h] += x
                         if dropout:
                             if not keep(seed_key, e, H, h, threshold):
                                 continue
-                            w = w * keep_scale
+                            x = x * keep_scale
                         for d in range(Dv):
-                            acc[h, d] += w * vj[h, d]
-                oi = out[i]
-                if stop > start:
+                            acc[h, d] += x * vj[h, d]
+                if two_pass:
+                    # Pass 2: the row max, then weights, sums, dropout and the weighted
+                    # values in short branch-free loops over the heads.
                     for h in range(H):
-                        inv = one / l[h]
-                        for d in range(Dv):
-                            oi[h, d] = acc[h, d] * inv
-                        rowmax[i, h] = m[h]
-                        rowinv[i, h] = inv
-                else:
-                    for h in range(H):
-                        for d in range(Dv):
-                            oi[h, d] = zero
-                        rowmax[i, h] = zero
-                        rowinv[i, h] = zero
+                        m[h] = sc[0, h]
+                    for r in range(1, stop - start):
+                        for h in range(H):
+                            s = sc[r, h]
+                            m[h] = s if s > m[h] else m[h]  # a NaN score never becomes the max
+                    for e in range(start, stop):
+                        if e + PREFETCH_DISTANCE < edge_end:
+                            jn = indices[e + PREFETCH_DISTANCE]
+                            prefetch_row(v, jn)
+                            prefetch_row(k, jn)
+                        for h in range(H):
+                            x = exp(sc[e - start, h] - m[h])
+                            l[h] += x
+                            w[h] = x
+                        if dropout:
+                            for h in range(H):
+                                w[h] = w[h] * keep_scale if keep(seed_key, e, H, h, threshold) else zero
+                        vj = v[indices[e]]
+                        for h in range(H):
+                            wh = w[h]
+                            for d in range(Dv):
+                                acc[h, d] += wh * vj[h, d]
+                for h in range(H):
+                    inv = one / l[h]
+                    for d in range(Dv):
+                        oi[h, d] = acc[h, d] * inv
+                    rowmax[i, h] = m[h]
+                    rowinv[i, h] = inv
 
     return attention_forward_rows
 
