@@ -638,18 +638,23 @@ def main(argv: list[str] | None = None) -> int:
     memory = {}
     if not args.no_memory:
         names = ["sparsegat op: forward", "sparsegat op: forward+backward"]
+        if not args.no_nn:
+            names += ["sparsegat nn.GATConv: forward", "sparsegat nn.GATConv: forward+backward, no dx"]
         if with_pyg:
             names += ["PyG GATConv: forward", "PyG GATConv: forward+backward"]
         memory = measure_memory(args, names)
         print("\npeak extra resident memory, first call, fresh process (VmHWM - VmRSS before):")
         for name, r in memory.items():
-            print(f"  {name:42s} " + (_fmt_bytes(r["extra_peak_bytes"]) if "extra_peak_bytes" in r
+            print(f"  {name:46s} " + (_fmt_bytes(r["extra_peak_bytes"]) if "extra_peak_bytes" in r
                                       else r.get("error", "?")))
         if with_pyg:
-            for what in ("forward", "forward+backward"):
-                a, b = memory.get(f"sparsegat op: {what}", {}), memory.get(f"PyG GATConv: {what}", {})
+            for ours, what in (("sparsegat op: forward", "forward"),
+                               ("sparsegat op: forward+backward", "forward+backward"),
+                               ("sparsegat nn.GATConv: forward", "forward"),
+                               ("sparsegat nn.GATConv: forward+backward, no dx", "forward+backward")):
+                a, b = memory.get(ours, {}), memory.get(f"PyG GATConv: {what}", {})
                 if "extra_peak_bytes" in a and "extra_peak_bytes" in b:
-                    print(f"  PyG / sparsegat, {what}: {b['extra_peak_bytes'] / a['extra_peak_bytes']:.1f}x smaller")
+                    print(f"  PyG GATConv: {what} / {ours}: {b['extra_peak_bytes'] / a['extra_peak_bytes']:.1f}x")
 
     info["loadavg_end"] = os.getloadavg()
     print(f"\nload average at the end: {info['loadavg_end']}")
