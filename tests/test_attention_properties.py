@@ -1,4 +1,8 @@
-"""Properties of the attention operator on the reference backend (``backend="numpy"``).
+"""Properties of the attention operator, on every CPU backend installed here.
+
+Each test runs once per backend (the reference ``numpy`` and, when installed, the
+fused ``numba`` kernels), selected through ``SPARSEGAT_BACKEND`` by a module-scoped
+fixture, so the same properties hold for the oracle and for the fast backend.
 
 Every score function is covered: softmax rows sum to 1, agreement with the
 independent dense oracle (``dense_reference.py``), empty rows, invariance under
@@ -22,7 +26,17 @@ from dense_reference import edge_list, reference_forward, reference_weights
 from strategies import (SCORE_CONFIG_IDS, SCORE_CONFIGS, attention_problems,
                         csr_graphs, random_graph, tolerance)
 
-BACKEND = "numpy"
+BACKEND = None  # dispatch through SPARSEGAT_BACKEND, set by the fixture below
+
+
+@pytest.fixture(scope="module", autouse=True,
+                params=["numpy"] + [pytest.param("numba", marks=pytest.mark.skipif(
+                    not sg.backends.is_available("numba"), reason="numba is not installed"))])
+def cpu_backend(request):
+    """Runs the module once per CPU backend (module scope: hypothesis allows it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPARSEGAT_BACKEND", request.param)
+        yield request.param
 dtypes = st.sampled_from([np.float32, np.float64])
 configs = pytest.mark.parametrize("config", SCORE_CONFIGS, ids=SCORE_CONFIG_IDS)
 scores = pytest.mark.parametrize("score", SCORES)
@@ -461,3 +475,11 @@ def test_int32_and_int64_graphs_identical(config, data):
     assert np.array_equal(wts(p32, dropout=rate, seed=9), wts(p64, dropout=rate, seed=9))
     dout = dout_for(out_a)
     assert_grads_equal(sg.attention_backward(ctx_a, dout), sg.attention_backward(ctx_b, dout))
+
+
+def test_the_module_runs_on_the_backend_it_names(cpu_backend):
+    """Guards the fixture: the dispatch really picks the backend of this run of the module."""
+    g = random_graph(np.random.default_rng(0), 6, density=0.5)
+    x = np.ones((6, 2, 3))
+    _, ctx = sg.attention_forward(g, x, x, x, score="dot", backend=BACKEND)
+    assert ctx.backend == cpu_backend
