@@ -109,14 +109,6 @@ class _AttentionLayer(Module):
         x_dst = x if n_dst == n_src else x[:n_dst]
         return x, kind, sparse, x_dst
 
-    def _residual_backward(self, x_dst: Any, dy: Any, dx: Any) -> Any:
-        """Add the ``x_dst @ W_res`` path's gradients (when ``residual``) and return ``dx``."""
-        if self.residual:
-            self.grads["W_res"] = sparse_t_matmul(x_dst, dy)
-            if dx is not None:
-                dx[:x_dst.shape[0]] += dy @ self.params["W_res"].T
-        return dx
-
     def _check_dy(self, dy: Any, shape: tuple[int, ...]) -> Any:
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -127,7 +119,55 @@ class _AttentionLayer(Module):
         return dy
 
 
-class GATConv(_AttentionLayer):
+class _HeadsLayer(_AttentionLayer):
+    """What GATConv and GATv2Conv share: heads concatenated or averaged, residual, bias."""
+
+    def __init__(self, in_dim: int, out_dim: int, heads: int, concat: bool, negative_slope: float,
+                 dropout: float, add_self_loops: bool, residual: bool, dtype: Any, seed: Any,
+                 backend: str | None) -> None:
+        super().__init__(dtype, seed, backend, add_self_loops, dropout)
+        self.in_dim = check_positive_int("in_dim", in_dim)
+        self.out_dim = check_positive_int("out_dim", out_dim)
+        self.heads = check_positive_int("heads", heads)
+        self.concat = bool(concat)
+        self.negative_slope = float(negative_slope)
+        self.residual = bool(residual)
+        self.total_out = self.heads * self.out_dim if self.concat else self.out_dim
+
+    def _output(self, out: Any, x_dst: Any, kind: str) -> Any:
+        """The layer's output from the operator's ``out``: heads, then residual and bias."""
+        # Never modify `out` in place: the backward pass reads it from ctx.
+        n_dst = out.shape[0]
+        y = out.reshape(n_dst, self.heads * self.out_dim) if self.concat else out.mean(axis=1)
+        if self.residual:
+            y = y + sparse_dense_matmul(x_dst, self._param("W_res", kind), self.backend)
+        if "bias" in self.params:
+            y = y + self._param("bias", kind)
+        return y
+
+    def _residual_backward(self, x_dst: Any, dy: Any, dx: Any) -> Any:
+        """Add the ``x_dst @ W_res`` path's gradients (when ``residual``) and return ``dx``."""
+        if self.residual:
+            self.grads["W_res"] = sparse_t_matmul(x_dst, dy)
+            if dx is not None:
+                dx[:x_dst.shape[0]] += dy @ self.params["W_res"].T
+        return dx
+
+    def _operator_dout(self, dy: Any, n_dst: int) -> Any:
+        """The bias gradient (into ``grads``) and the operator's ``dout`` ``(n_dst, H, C)``."""
+        H, C = self.heads, self.out_dim
+        if "bias" in self.params:
+            self.grads["bias"] = dy.sum(axis=0)
+        if self.concat:
+            return dy.reshape(n_dst, H, C)
+        return namespace(dy).broadcast_to((dy * (1.0 / H))[:, None, :], (n_dst, H, C))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_dim}, {self.out_dim}, heads={self.heads}, concat={self.concat}, "
+                f"dropout={self.dropout}, residual={self.residual}")
+
+
+class GATConv(_HeadsLayer):
     """The graph attention layer of Velickovic et al. (2018): exactly PyG's ``GATConv``.
 
     ``h = x @ W`` viewed as ``(n, heads, out_dim)``; per edge ``j -> i`` and head
@@ -174,15 +214,9 @@ class GATConv(_AttentionLayer):
                  negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True,
                  bias: bool = True, residual: bool = False, *, dtype: Any = np.float32, seed: Any = None,
                  backend: str | None = None) -> None:
-        super().__init__(dtype, seed, backend, add_self_loops, dropout)
-        self.in_dim = check_positive_int("in_dim", in_dim)
-        self.out_dim = check_positive_int("out_dim", out_dim)
-        self.heads = check_positive_int("heads", heads)
-        self.concat = bool(concat)
-        self.negative_slope = float(negative_slope)
-        self.residual = bool(residual)
+        super().__init__(in_dim, out_dim, heads, concat, negative_slope, dropout, add_self_loops, residual,
+                         dtype, seed, backend)
         H, C = self.heads, self.out_dim
-        self.total_out = H * C if self.concat else C
         rng, dt = self._rng, self.dtype
         self.params["W"] = init.glorot((self.in_dim, H * C), rng, dt)
         self.params["att_src"] = init.glorot((H, C), rng, dt)
@@ -215,14 +249,8 @@ class GATConv(_AttentionLayer):
                                      negative_slope=self.negative_slope, dropout=p, seed=seed,
                                      backend=self.backend)
         self.last_context = ctx
-        # Never modify `out` in place: the backward pass reads it from ctx.
-        y = out.reshape(n_dst, H * C) if self.concat else out.mean(axis=1)
-        if self.residual:
-            y = y + sparse_dense_matmul(x_dst, self._param("W_res", kind), self.backend)
-        if "bias" in self.params:
-            y = y + self._param("bias", kind)
         self._cache = (x, sparse, x_dst, h, ctx, A, W)
-        return y
+        return self._output(out, x_dst, kind)
 
     def backward(self, dy: Any) -> Any:
         x, sparse, x_dst, h, ctx, A, W = self._cache or (None,) * 7
@@ -230,13 +258,7 @@ class GATConv(_AttentionLayer):
         dy = self._check_dy(dy, (n_dst, self.total_out))
         xp = namespace(dy)
         H, C = self.heads, self.out_dim
-        if "bias" in self.params:
-            self.grads["bias"] = dy.sum(axis=0)
-        if self.concat:
-            dout = dy.reshape(n_dst, H, C)
-        else:
-            dout = xp.broadcast_to((dy * (1.0 / H))[:, None, :], (n_dst, H, C))
-        gr = attention_backward(ctx, dout)
+        gr = attention_backward(ctx, self._operator_dout(dy, n_dst))
         dh = gr.v.reshape(n_src, H * C)  # a new array (backend contract): updated in place
         if n_dst == n_src:
             G = xp.concatenate([gr.k, gr.q], axis=1)  # (n, 2H)
@@ -253,12 +275,8 @@ class GATConv(_AttentionLayer):
         dx = None if sparse or not self.input_grad else dh @ W.T
         return self._residual_backward(x_dst, dy, dx)
 
-    def extra_repr(self) -> str:
-        return (f"{self.in_dim}, {self.out_dim}, heads={self.heads}, concat={self.concat}, "
-                f"dropout={self.dropout}, residual={self.residual}")
 
-
-class GATv2Conv(_AttentionLayer):
+class GATv2Conv(_HeadsLayer):
     """The dynamic graph attention of Brody et al. (2022): exactly PyG's ``GATv2Conv``.
 
     ``x_l = x @ W_src + b_src`` (sources and values) and ``x_r = x_dst @ W_dst + b_dst``
@@ -280,17 +298,11 @@ class GATv2Conv(_AttentionLayer):
                  negative_slope: float = 0.2, dropout: float = 0.0, add_self_loops: bool = True,
                  bias: bool = True, residual: bool = False, share_weights: bool = False, *,
                  dtype: Any = np.float32, seed: Any = None, backend: str | None = None) -> None:
-        super().__init__(dtype, seed, backend, add_self_loops, dropout)
-        self.in_dim = check_positive_int("in_dim", in_dim)
-        self.out_dim = check_positive_int("out_dim", out_dim)
-        self.heads = check_positive_int("heads", heads)
-        self.concat = bool(concat)
-        self.negative_slope = float(negative_slope)
-        self.residual = bool(residual)
+        super().__init__(in_dim, out_dim, heads, concat, negative_slope, dropout, add_self_loops, residual,
+                         dtype, seed, backend)
         self.share_weights = bool(share_weights)
         self.has_bias = bool(bias)
         H, C = self.heads, self.out_dim
-        self.total_out = H * C if self.concat else C
         rng, dt = self._rng, self.dtype
         # Same draw order as PyG's reset_parameters: lin_l, lin_r, res, att.
         self.params["W_src"] = init.glorot((self.in_dim, H * C), rng, dt)
@@ -331,27 +343,15 @@ class GATv2Conv(_AttentionLayer):
                                      negative_slope=self.negative_slope, dropout=p, seed=seed,
                                      backend=self.backend)
         self.last_context = ctx
-        y = out.reshape(n_dst, H * C) if self.concat else out.mean(axis=1)
-        if self.residual:
-            y = y + sparse_dense_matmul(x_dst, self._param("W_res", kind), self.backend)
-        if "bias" in self.params:
-            y = y + self._param("bias", kind)
         self._cache = (x, sparse, x_dst, ctx, W_src, W_dst)
-        return y
+        return self._output(out, x_dst, kind)
 
     def backward(self, dy: Any) -> Any:
         x, sparse, x_dst, ctx, W_src, W_dst = self._cache or (None,) * 6
         n_dst, n_src = ctx.graph.shape if ctx is not None else (0, 0)
         dy = self._check_dy(dy, (n_dst, self.total_out))
-        xp = namespace(dy)
         H, C = self.heads, self.out_dim
-        if "bias" in self.params:
-            self.grads["bias"] = dy.sum(axis=0)
-        if self.concat:
-            dout = dy.reshape(n_dst, H, C)
-        else:
-            dout = xp.broadcast_to((dy * (1.0 / H))[:, None, :], (n_dst, H, C))
-        gr = attention_backward(ctx, dout)
+        gr = attention_backward(ctx, self._operator_dout(dy, n_dst))
         self.grads["att"] = gr.att
         dxl = gr.k + gr.v
         dxr = gr.q.reshape(n_dst, H * C)
@@ -371,8 +371,7 @@ class GATv2Conv(_AttentionLayer):
         return self._residual_backward(x_dst, dy, dx)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_dim}, {self.out_dim}, heads={self.heads}, concat={self.concat}, "
-                f"dropout={self.dropout}, residual={self.residual}, share_weights={self.share_weights}")
+        return f"{super().extra_repr()}, share_weights={self.share_weights}"
 
 
 class GraphAttention(_AttentionLayer):
