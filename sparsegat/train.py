@@ -185,13 +185,11 @@ def keep_freed_memory() -> bool:
     library must not change its host's allocator); elsewhere than glibc, a no-op.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,12 @@ def test_cora_short_run(capsys):
     res = last_json(out)
     assert res["majority_test_accuracy"] == pytest.approx(0.319)
     assert res["test_accuracy"] > 0.75, res
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="mallopt tuning applies to glibc only")
+def test_keep_freed_memory_is_accepted_by_glibc():
+    """glibc accepts all three malloc settings (mallopt returns 1 for each)."""
+    from sparsegat.train import keep_freed_memory
+
+    assert keep_freed_memory() is True
