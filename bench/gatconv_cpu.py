@@ -86,7 +86,7 @@ def power_law_edges(n: int, m: int, exponent: float = 2.5, seed: int = 0) -> tup
 
 def aligned(a: np.ndarray) -> np.ndarray:
     """A copy of ``a`` whose data starts on a 64-byte boundary."""
-    from sparsegat.backends.numba_backend import aligned_empty
+    from sparsegat.backends.numba.backend import aligned_empty
 
     out = aligned_empty(a.shape, a.dtype)
     out[...] = a
@@ -180,7 +180,7 @@ class OpLayer:
 
     def forward(self) -> np.ndarray:
         import sparsegat as sg
-        from sparsegat.backends.numba_backend import aligned_empty
+        from sparsegat.backends.numba.backend import aligned_empty
 
         p, H, C = self.p, self.p.heads, self.p.c
         h = self.gemm.matmul(p.x, p.W, aligned_empty((p.n, H * C), np.float32))

@@ -309,7 +309,7 @@ def bench_layer(name: str, spec: dict, args: argparse.Namespace) -> dict[str, An
 def bench_fused(args: argparse.Namespace) -> dict[str, Any]:
     import cupy
 
-    from sparsegat.backends import cuda_launch, cupy_backend
+    from sparsegat.backends.cuda import backend as cupy_backend, launch as cuda_launch
     from sparsegat.spec import AttentionSpec
 
     n = max(64, int(FUSED["nodes"] * args.scale))

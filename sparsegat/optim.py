@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from .arrays import array_kind, namespace, to_numpy
-from .nn import compiled
+from .backends import optional_function
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -82,9 +82,10 @@ class Optimizer:
                 if hasattr(buf, "shape") and tuple(buf.shape) != tuple(p.shape):
                     raise ValueError(f"optimizer state {buf_name!r} of {name!r} has shape {tuple(buf.shape)} but "
                                      f"the parameter now has shape {tuple(p.shape)}; make a new optimizer")
-            self._update(namespace(p), p, g.astype(p.dtype, copy=False), state)
+            self._update(namespace(p), p, g.astype(p.dtype, copy=False), state, getattr(layer, "backend", None))
 
-    def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any]) -> None:
+    def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any], backend: str | None) -> None:
+        """Update ``p`` in place; ``backend`` is the owning layer's ``backend=`` (None: by array kind)."""
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -163,7 +164,7 @@ class SGD(Optimizer):
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0 (as torch.optim.SGD)")
 
-    def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any]) -> None:
+    def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any], backend: str | None) -> None:
         if self.maximize:
             g = -g
         if self.weight_decay:
@@ -209,7 +210,7 @@ class Adam(Optimizer):
         self.amsgrad = bool(amsgrad)
         self.maximize = bool(maximize)
 
-    def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any]) -> None:
+    def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any], backend: str | None) -> None:
         b1, b2 = self.betas
         if not state:
             state["step"] = 0
@@ -219,10 +220,8 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = xp.zeros_like(p)
         state["step"] += 1
         t = state["step"]
-        # NumPy arrays with numba in use: the same arithmetic in one compiled pass.
-        if compiled.adam_update(p, g, state, lr=self.lr, betas=self.betas, eps=self.eps,
-                                weight_decay=self.weight_decay, decoupled=self._decoupled,
-                                amsgrad=self.amsgrad, maximize=self.maximize):
+        # The backend's own Adam (numba: the same arithmetic in one compiled pass), if it has one.
+        if self._fused_update(p, g, state, backend):
             return
         if self.maximize:
             g = -g
@@ -244,6 +243,21 @@ class Adam(Optimizer):
         denom *= 1.0 / math.sqrt(1.0 - b2 ** t)
         denom += self.eps
         p -= step_size * (m / denom)
+
+
+    def _fused_update(self, p: Any, g: Any, state: dict[str, Any], backend: str | None) -> bool:
+        """Run the backend's ``adam_update`` when it has one and the arrays suit it."""
+        arrays = [p, g, state["exp_avg"], state["exp_avg_sq"]] + ([state["max_exp_avg_sq"]] if self.amsgrad else [])
+        kind = array_kind(p)
+        if not all(array_kind(a) == kind and a.dtype == p.dtype and a.flags.c_contiguous
+                   and a.shape == p.shape for a in arrays):
+            return False
+        update = optional_function("adam_update", kind, backend)
+        if update is None:
+            return False
+        update(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), state["step"],
+               self.lr, self.betas, self.eps, self.weight_decay, self._decoupled, self.amsgrad, self.maximize)
+        return True
 
 
 class AdamW(Adam):

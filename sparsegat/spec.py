@@ -12,6 +12,18 @@ SCALAR_SCORES = ("additive",)
 TAU_SCORES = ("cosine", "euclidean")
 #: Norm floor of the cosine score: ``max(norm(x), COSINE_EPS)``.
 COSINE_EPS = 1e-8
+#: Integer code of each score, the one numbering of every compiled backend: the Numba
+#: kernels are specialised on it and the CUDA templates take it as their ``SCORE``
+#: argument (``common.cuh``'s enum is checked against this table by a test).
+SCORE_CODES = {name: code for code, name in enumerate(SCORES)}
+
+#: Keys of the per-row softmax statistics (each ``(n_dst, H)``) a backend saves for its
+#: backward: the row's largest score, and the log of the softmax denominator relative to
+#: it (the reference and CUDA) or its inverse (numba). Only the backend that saved them
+#: reads them.
+ROW_MAX = "row_max"
+ROW_LOG_DENOM = "row_log_denom"
+ROW_INV_DENOM = "row_inv_denom"
 
 
 @dataclass(frozen=True)

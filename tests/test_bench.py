@@ -17,10 +17,8 @@ from sparsegat import CSRGraph, attention_forward
 from sparsegat.bench import cli, graphs, readers, report, timing
 from sparsegat.bench.cli import main
 
-HAS_NUMPY_BACKEND = importlib.util.find_spec("sparsegat.backends.numpy_backend") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 HAS_PYG = all(importlib.util.find_spec(m) is not None for m in ("torch", "torch_geometric"))
-needs_numpy_backend = pytest.mark.skipif(not HAS_NUMPY_BACKEND, reason="numpy backend not written yet")
 
 TINY = ["--nodes", "200", "--degree", "4", "--heads", "2", "--features", "4", "--repeat", "1",
         "--warmup", "0", "--backends", "numpy", "--no-pyg", "-q"]
@@ -302,7 +300,6 @@ def test_bytes_model_forward():
 # ---------------------------------------------------------------------------- a tiny run and its JSON
 
 
-@needs_numpy_backend
 def test_tiny_run_json_schema(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(TINY + ["--score", "dot,additive", "--ops", "all", "--json", str(out)])
@@ -334,7 +331,6 @@ def test_tiny_run_json_schema(tmp_path, capsys):
         assert r["bandwidth_gbs"] == pytest.approx(r["bytes_model"] / r["median_s"] / 1e9)
 
 
-@needs_numpy_backend
 def test_run_on_a_graph_file_and_bipartite(tmp_path, capsys):
     path = tmp_path / "g.txt"
     path.write_text("\n".join(f"{i} {(i * 7 + 3) % 50}" for i in range(50)) + "\n")
@@ -415,7 +411,6 @@ def test_cli_malformed_graph_file(tmp_path, capsys):
     assert "bad.txt, line 2" in err and "Traceback" not in err
 
 
-@needs_numpy_backend
 def test_unavailable_backend_is_skipped_with_a_note(tmp_path, capsys):
     out = tmp_path / "b.json"
     rc = main(TINY[:-4] + ["--backends", "numpy,cupy,pyg-cuda", "--no-pyg", "--ops", "forward",
@@ -427,7 +422,6 @@ def test_unavailable_backend_is_skipped_with_a_note(tmp_path, capsys):
     assert "cupy" in doc["backends"]["skipped"] and doc["backends"]["run"] == ["numpy"]
 
 
-@needs_numpy_backend
 def test_failing_backend_is_reported_and_exit_status_1(tmp_path, capsys, monkeypatch):
     from sparsegat.bench import runners
 
@@ -443,7 +437,6 @@ def test_failing_backend_is_reported_and_exit_status_1(tmp_path, capsys, monkeyp
     assert r["status"] == "error" and "kernel exploded" in r["error"]
 
 
-@needs_numpy_backend
 def test_interrupt_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
     real = timing.measure
     calls = []

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsegat.backends import cuda_launch as cl
+from sparsegat.backends.cuda import launch as cl
 from sparsegat.spec import SCORES
 
 NVCC = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
@@ -190,12 +190,24 @@ def test_cupy_backend_has_the_reference_function_set():
     from sparsegat.backends import BACKEND_FUNCTIONS
 
     here = Path(cl.__file__).parent
-    ref, ours = _functions(here / "numpy_backend.py"), _functions(here / "cupy_backend.py")
+    ref, ours = _functions(here.parent / "numpy.py"), _functions(here / "backend.py")
     for name in BACKEND_FUNCTIONS:
         assert ours.get(name) == ref[name], name
 
 
+def test_cuda_score_enum_is_the_shared_score_codes():
+    """``common.cuh`` numbers the scores as :data:`sparsegat.spec.SCORE_CODES` (the Numba kernels
+    use the same table), so the name expressions pick the kernel of the score asked for."""
+    from sparsegat.spec import SCORE_CODES
+
+    text = (cl.cuda_dir() / "common.cuh").read_text()
+    enum = re.search(r"enum\s*:\s*int\s*\{([^}]*)\}", text).group(1)
+    codes = {name.strip().lower(): int(value) for name, value in
+             (item.split("=") for item in enum.split(",") if item.strip())}
+    assert codes == SCORE_CODES
+
+
 def test_orchestration_does_not_import_cupy():
-    code = ("import sys, sparsegat, sparsegat.backends.cuda_launch; "
+    code = ("import sys, sparsegat, sparsegat.backends.cuda.launch; "
             "assert 'cupy' not in sys.modules, 'cupy imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,7 +3,7 @@
 The ``.cu`` sources are compiled once per session with the host C++ compiler against
 ``tests/cuda_emulation/cuda_emu.h`` (block threads as OS threads, warp shuffles
 through an exchange buffer) and driven by the backend's own orchestration,
-:mod:`sparsegat.backends.cuda_launch`, over NumPy arrays: the same segment plans,
+:mod:`sparsegat.backends.cuda.launch`, over NumPy arrays: the same segment plans,
 launch geometry, scratch buffers, merge/reduction passes and argument C types as on
 a GPU. Results are compared with the NumPy reference backend (through the public
 API) computed in float64.
@@ -24,9 +24,9 @@ import pytest
 
 import sparsegat
 from sparsegat import CSRGraph
-from sparsegat.backends import cuda_launch as cl
+from sparsegat.backends.cuda import launch as cl
 from sparsegat.dropout import drop_threshold, keep_mask, mix_seed
-from sparsegat.spec import SCORES, AttentionSpec
+from sparsegat.spec import ROW_LOG_DENOM, ROW_MAX, SCORES, AttentionSpec
 
 from cuda_emulation import harness
 
@@ -183,7 +183,7 @@ def check_all(rt: harness.EmulatedRuntime, g: CSRGraph, score: str, dtype: Any, 
     out, saved = cl.forward(g, inp["q"], inp["k"], inp["v"], inp["att"], inp["edge_bias"], spec, rt)
     assert_close("out", out, r_out, dtype)
     assert np.all(out[np.diff(g.indptr) == 0] == 0), "empty rows must give out = 0"
-    assert set(saved) == {"rmax", "rlog"} and saved["rmax"].shape == (g.shape[0], heads)
+    assert set(saved) == {ROW_MAX, ROW_LOG_DENOM} and saved[ROW_MAX].shape == (g.shape[0], heads)
 
     w = cl.weights(g, inp["q"], inp["k"], inp["att"], inp["edge_bias"], spec, rt)
     assert_close("weights", w, r_w, dtype)
@@ -373,7 +373,7 @@ def test_huge_scores_keep_precise_weights(rt):
     dout = rng.uniform(-1, 1, (g.shape[0], H, Dv)).astype(np.float32)
     r_out, r_w, r_grads = reference(g, inp, spec, dout)
     out, saved = cl.forward(g, q, k, v, None, bias, spec, rt)
-    assert float(np.max(saved["rmax"])) > 1e6
+    assert float(np.max(saved[ROW_MAX])) > 1e6
     assert_close("out", out, r_out, F32)
     assert_close("weights", cl.weights(g, q, k, None, bias, spec, rt), r_w, F32)
     grads = cl.backward(g, q, k, v, None, bias, spec, out, saved, dout, rt)

@@ -132,7 +132,7 @@ def test_each_forward_form_matches_reference(config, form, data):
     The backend picks one by heads and array size; here each is forced on every
     drawn problem, and backward runs on the row statistics it saved.
     """
-    from sparsegat.backends import numba_backend as nb
+    from sparsegat.backends.numba import backend as nb
 
     dtype = data.draw(dtypes)
     p = data.draw(problems(config))
@@ -311,7 +311,7 @@ def test_dropout_keeps_exactly_the_reference_edges(score, data):
 @settings(max_examples=50)
 def test_compiled_keep_rule_is_the_reference_hash(seed, start, heads, rate):
     """The compiled hash, also where ``e * H + h`` wraps around 2**64."""
-    from sparsegat.numba_kernels.dropout import keep_mask as compiled_keep_mask
+    from sparsegat.backends.numba.dropout import keep_mask as compiled_keep_mask
 
     key, thr = mix_seed(seed), drop_threshold(rate)
     expected = keep_mask(key, start, start + 6, heads, thr)

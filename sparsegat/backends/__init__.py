@@ -1,28 +1,36 @@
 """Backend registry and array-type dispatch.
 
-A backend is a module implementing exactly the functions in
-:data:`BACKEND_FUNCTIONS` with the signatures of
-:mod:`sparsegat.backends.numpy_backend` (the reference). Backends are imported
-lazily: numba and cupy are touched only when chosen.
+A backend is a module implementing the functions in :data:`BACKEND_FUNCTIONS`
+with the signatures of :mod:`sparsegat.backends.numpy` (the reference), and
+any of :data:`OPTIONAL_FUNCTIONS` it can do faster than plain NumPy/CuPy code.
+Each backend lives in one place: ``numpy.py``, ``numba/``, ``cuda/``. Backends
+are imported lazily: numba and cupy are touched only when chosen.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..arrays import array_kind
 
 #: The function set every backend implements, name for name.
 BACKEND_FUNCTIONS = ("forward", "backward", "weights")
+#: Dense helpers of the layers and optimizers that a backend may implement (see
+#: :func:`optional_function`); where it does not, callers use plain array code.
+#: ``csr_matmul(indptr, indices, data, w) -> x @ w`` for a CSR ``x`` that has passed
+#: :func:`sparsegat.csr_format.check_csr`; ``adam_update(p, g, m, v, vmax, step, lr,
+#: betas, eps, weight_decay, decoupled, amsgrad, maximize)`` updates in place.
+OPTIONAL_FUNCTIONS = ("csr_matmul", "adam_update")
 
 #: Backend name -> (module, array kind it takes, what to install).
 _BACKENDS = {
-    "numpy": ("sparsegat.backends.numpy_backend", "numpy", None),
-    "numba": ("sparsegat.backends.numba_backend", "numpy", "numba"),
-    "cupy": ("sparsegat.backends.cupy_backend", "cupy", "cupy"),
+    "numpy": ("sparsegat.backends.numpy", "numpy", None),
+    "numba": ("sparsegat.backends.numba.backend", "numpy", "numba"),
+    "cupy": ("sparsegat.backends.cuda.backend", "cupy", "cupy"),  # the room is cuda/
 }
 BACKEND_NAMES = tuple(_BACKENDS)
 ENV_VAR = "SPARSEGAT_BACKEND"
@@ -95,3 +103,15 @@ def select_backend(kind: str, backend: str | None = None) -> str:
     if takes != kind:
         raise TypeError(f"{source}={backend!r} takes {takes} arrays, but the inputs are {kind} arrays")
     return backend
+
+
+def optional_function(name: str, kind: str, backend: str | None = None) -> Callable[..., Any] | None:
+    """Backend function ``name`` (one of :data:`OPTIONAL_FUNCTIONS`) for arrays of ``kind``.
+
+    The backend is the one :func:`select_backend` picks for ``kind`` and ``backend``;
+    None when that backend does not implement ``name`` (the caller then runs plain
+    NumPy/CuPy code, which gives the same results to rounding).
+    """
+    if name not in OPTIONAL_FUNCTIONS:
+        raise ValueError(f"name must be one of {', '.join(OPTIONAL_FUNCTIONS)}; got {name!r}")
+    return getattr(get_backend(select_backend(kind, backend)), name, None)

@@ -7,7 +7,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..arrays import array_kind, namespace, to_numpy
-from . import compiled
+from ..backends import optional_function
+from ..csr_format import check_csr
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -62,6 +63,7 @@ def as_input(x: Any, dtype: np.dtype, name: str = "x") -> tuple[Any, bool]:
     if is_sparse(x):
         if len(x.shape) != 2:
             raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
+        _check_sparse_structure(name, x)
         if x.format != "csr":
             x = x.tocsr()
         if x.dtype != dtype:
@@ -77,14 +79,30 @@ def as_input(x: Any, dtype: np.dtype, name: str = "x") -> tuple[Any, bool]:
     return x, False
 
 
+def _check_sparse_structure(name: str, x: Any) -> None:
+    """Check a scipy/cupyx CSR or CSC input before anything converts or reads it (SciPy
+    accepts out-of-range indices at construction, and ``tocsr`` would then write out of
+    bounds); other formats are converted by SciPy from arrays it checks itself."""
+    fmt = getattr(x, "format", None)
+    if fmt == "csr":
+        check_csr(x.indptr, x.indices, x.shape, name=name)
+    elif fmt == "csc":
+        check_csr(x.indptr, x.indices, x.shape[::-1], name=name)
+    if x.data.shape[0] != x.indices.shape[0]:
+        raise ValueError(f"{name}: data has {x.data.shape[0]} values for {x.indices.shape[0]} indices")
+
+
 def sparse_dense_matmul(x: Any, w: Any, backend: str | None = None) -> Any:
     """``x @ w`` for a sparse or dense ``x`` and a dense ``w``; always a dense array.
 
-    A scipy CSR ``x`` goes to a compiled kernel when ``backend`` resolves to numba
-    (:mod:`.compiled`).
+    A scipy CSR ``x`` with a NumPy ``w`` of its dtype goes to the backend's ``csr_matmul``
+    where the backend chosen for NumPy arrays has one (numba), else to SciPy.
     """
-    out = compiled.csr_matmul(x, w, backend)
-    return x @ w if out is None else out
+    if is_sparse(x) and x.format == "csr" and isinstance(w, np.ndarray) and w.dtype == x.dtype:
+        matmul = optional_function("csr_matmul", "numpy", backend)
+        if matmul is not None:
+            return matmul(x.indptr, x.indices, x.data, w)
+    return x @ w
 
 
 def sparse_t_matmul(x: Any, dy: Any) -> Any:

@@ -4,7 +4,7 @@ The kernels are compiled with the host C++ compiler against ``cuda_emu.h`` (bloc
 threads as OS threads, warp shuffles through an exchange buffer, see that header)
 into shared libraries, one per batch of kernel instantiations, built in parallel and
 cached by content hash in the system temp folder. :class:`EmulatedRuntime` is a
-:class:`sparsegat.backends.cuda_launch.Runtime` over NumPy arrays, so the backend's
+:class:`sparsegat.backends.cuda.launch.Runtime` over NumPy arrays, so the backend's
 own orchestration (:func:`cuda_launch.forward` etc.) runs unchanged on top of it:
 same segment plans, launch geometry, scratch buffers and argument types as on a GPU.
 """
@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from sparsegat.backends import cuda_launch
+from sparsegat.backends.cuda import launch as cuda_launch
 
 HERE = Path(__file__).resolve().parent
 EMU_HEADER = HERE / "cuda_emu.h"

@@ -38,7 +38,7 @@ from .dropout import keep
 from .fastexp import exp
 from .forward import KERNEL_OPTIONS
 from .intrinsics import PREFETCH_DISTANCE, prefetch_row, prefetch_row_for_write
-from .scores import (ADDITIVE, COSINE, DOT, EUCLIDEAN, GATV2, SCALED_DOT, SCORE_IDS,
+from .scores import (ADDITIVE, COSINE, DOT, EUCLIDEAN, GATV2, SCALED_DOT, SCORE_CODES,
                      edge_score, leaky_relu, leaky_relu_grad)
 
 
@@ -62,7 +62,7 @@ def pack_rows(out, dout, rowmax, rowinv, q, with_q, pack):
 @functools.lru_cache(maxsize=None)
 def backward_kernels(score: str):
     """``(source_pass, dest_pass)`` specialised on ``score`` (built on first use)."""
-    SID = SCORE_IDS[score]
+    SID = SCORE_CODES[score]
     DIGEST = SOURCE_DIGEST  # part of the cache key (see _source.py)
 
     @njit(**KERNEL_OPTIONS)

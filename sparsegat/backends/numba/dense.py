@@ -1,6 +1,7 @@
 """Kernels for the layers' dense work on NumPy arrays: the sparse-feature product and Adam.
 
-Used by :mod:`sparsegat.nn.compiled` when the numba backend is in use. On a
+The numba backend's optional ``csr_matmul`` and ``adam_update`` (:mod:`.backend`) call
+them; the layers and optimizers reach them through the registry. On a
 graph like Cora these steps cost about as much as the attention itself when left
 to SciPy and NumPy: SciPy's CSR product runs on one thread, and NumPy's Adam makes
 ten passes and several temporaries per parameter array.

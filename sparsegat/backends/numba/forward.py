@@ -36,7 +36,7 @@ from ._source import SOURCE_DIGEST
 from .dropout import keep
 from .fastexp import exp
 from .intrinsics import PREFETCH_DISTANCE, prefetch_row
-from .scores import ADDITIVE, FASTMATH, SCORE_IDS, edge_score
+from .scores import ADDITIVE, FASTMATH, SCORE_CODES, edge_score
 
 #: Options shared by every kernel: parallel (``prange``), cached on disk, the fast-math
 #: flags of :data:`.scores.FASTMATH`, ``error_model="numpy"`` (no ZeroDivisionError
@@ -47,7 +47,7 @@ KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath=FASTMATH, error_model=
 @functools.lru_cache(maxsize=None)
 def forward_kernel(score: str):
     """The forward kernel of ``score`` (built on first use)."""
-    SID = SCORE_IDS[score]
+    SID = SCORE_CODES[score]
     DIGEST = SOURCE_DIGEST  # part of the cache key (see _source.py)
 
     @njit(**KERNEL_OPTIONS)
@@ -165,7 +165,7 @@ def forward_kernel(score: str):
 @functools.lru_cache(maxsize=None)
 def weights_kernel(score: str):
     """The kernel that writes the (nnz, H) attention weights of ``score``."""
-    SID = SCORE_IDS[score]
+    SID = SCORE_CODES[score]
     DIGEST = SOURCE_DIGEST  # part of the cache key (see _source.py)
 
     @njit(**KERNEL_OPTIONS)

@@ -1,10 +1,10 @@
 """The ``cupy`` backend: fused, deterministic CUDA kernels through ``cupy.RawModule``.
 
-The kernels are the C++ templates in ``sparsegat/cuda/*.cu`` (templated on value type
+The kernels are the C++ templates in ``sparsegat/backends/cuda/*.cu`` (templated on value type
 float/double, index type int/long long, score function, vector width and register
 tile), instantiated through NVRTC ``name_expressions``. Everything between the
 public API and a launch (segment plans, launch geometry, scratch buffers, argument
-types, merge and reduction passes) lives in :mod:`sparsegat.backends.cuda_launch`,
+types, merge and reduction passes) lives in :mod:`sparsegat.backends.cuda.launch`,
 which the emulated tests run on the CPU; this module only adds CuPy: compiling and
 caching modules, launching kernels, allocating arrays.
 
@@ -22,8 +22,8 @@ from typing import Any, Sequence
 
 import cupy
 
-from ..spec import AttentionSpec
-from . import cuda_launch
+from ...spec import AttentionSpec
+from . import launch
 
 #: (device id, name expression) -> cupy.RawKernel
 _FUNCTIONS: dict[tuple[int, str], Any] = {}
@@ -33,11 +33,11 @@ _MODULES: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 @lru_cache(maxsize=1)
 def _source() -> str:
-    return cuda_launch.module_source()
+    return launch.module_source()
 
 
 class CupyRuntime:
-    """:class:`cuda_launch.Runtime` over CuPy arrays and RawModule kernels."""
+    """:class:`launch.Runtime` over CuPy arrays and RawModule kernels."""
 
     xp = cupy
 
@@ -50,7 +50,7 @@ class CupyRuntime:
         if all((dev, n) in _FUNCTIONS for n in names):
             return
         key = (dev, tuple(names))
-        module = cupy.RawModule(code=_source(), options=cuda_launch.NVRTC_OPTIONS,
+        module = cupy.RawModule(code=_source(), options=launch.NVRTC_OPTIONS,
                                 name_expressions=tuple(names))
         for n in names:
             _FUNCTIONS[(dev, n)] = module.get_function(n)
@@ -73,15 +73,15 @@ _RUNTIME = CupyRuntime()
 
 def forward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec) -> tuple[Any, dict]:
     """Fused forward; saves the per-row max score and log-denominator, (n_dst, H) each."""
-    return cuda_launch.forward(g, q, k, v, att, edge_bias, spec, _RUNTIME)
+    return launch.forward(g, q, k, v, att, edge_bias, spec, _RUNTIME)
 
 
 def backward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec,
              out: Any, saved: dict, dout: Any) -> dict:
     """Deterministic backward (no floating-point atomics): bitwise identical from run to run."""
-    return cuda_launch.backward(g, q, k, v, att, edge_bias, spec, out, saved, dout, _RUNTIME)
+    return launch.backward(g, q, k, v, att, edge_bias, spec, out, saved, dout, _RUNTIME)
 
 
 def weights(g: Any, q: Any, k: Any, att: Any, edge_bias: Any, spec: AttentionSpec) -> Any:
     """Attention weights (nnz, H) in CSR order, after dropout."""
-    return cuda_launch.weights(g, q, k, att, edge_bias, spec, _RUNTIME)
+    return launch.weights(g, q, k, att, edge_bias, spec, _RUNTIME)

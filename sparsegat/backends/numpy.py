@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..dropout import keep_mask
-from ..spec import COSINE_EPS, AttentionSpec
+from ..spec import COSINE_EPS, ROW_LOG_DENOM, ROW_MAX, AttentionSpec
 
 #: Per-edge feature work is done on at most this many numbers at a time.
 CHUNK_ELEMENTS = 1 << 22
@@ -155,7 +155,7 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
             spec: AttentionSpec) -> tuple[np.ndarray, dict]:
     """Scores, row softmax, dropout, aggregation; saves the row max and log-denominator (n_dst, H)."""
     p, m, log_denom = _softmax(g, _scores(g, q, k, att, edge_bias, spec))
-    return _aggregate(g, _dropped(p, spec), v), {"m": m, "log_denom": log_denom}
+    return _aggregate(g, _dropped(p, spec), v), {ROW_MAX: m, ROW_LOG_DENOM: log_denom}
 
 
 def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
@@ -164,7 +164,7 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
     rows, cols = g.row_ids(), g.indices
     heads = v.shape[1]
     s = _scores(g, q, k, att, edge_bias, spec)
-    p = np.exp((s - saved["m"][rows]) - saved["log_denom"][rows])
+    p = np.exp((s - saved[ROW_MAX][rows]) - saved[ROW_LOG_DENOM][rows])
     a = _dropped(p, spec)
 
     grads: dict = {}

@@ -1,6 +1,6 @@
 """Launch geometry and orchestration of the CUDA kernels, without CuPy.
 
-The ``cupy`` backend (:mod:`sparsegat.backends.cupy_backend`) is a thin shell
+The ``cupy`` backend (:mod:`sparsegat.backends.cuda.backend`) is a thin shell
 around this module: it supplies a :class:`Runtime` whose array namespace is CuPy and
 whose ``launch`` calls ``cupy.RawModule`` kernels. The tests supply a runtime whose
 namespace is NumPy and whose ``launch`` runs the very same ``.cu`` sources compiled
@@ -22,8 +22,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from ..arrays import to_numpy
-from ..spec import COSINE_EPS, AttentionSpec
+from ...arrays import to_numpy
+from ...spec import COSINE_EPS, ROW_LOG_DENOM, ROW_MAX, SCORE_CODES, AttentionSpec
 
 #: Threads of a warp; the kernels assume 32.
 WARP = 32
@@ -44,7 +44,6 @@ COLSUM_ROWS = 512
 #: Most blocks along y of one column-sum pass.
 COLSUM_MAX_CHUNKS = 4096
 
-SCORE_CODES = {"dot": 0, "scaled_dot": 1, "cosine": 2, "euclidean": 3, "additive": 4, "gatv2": 5}
 C_FLOAT = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 C_INDEX = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
 
@@ -68,7 +67,7 @@ NVRTC_OPTIONS = ("--std=c++17",)
 
 def cuda_dir() -> Path:
     """The folder holding the ``.cu`` / ``.cuh`` sources (package data)."""
-    return Path(__file__).resolve().parent.parent / "cuda"
+    return Path(__file__).resolve().parent
 
 
 def module_source() -> str:
@@ -420,7 +419,7 @@ def _run_forward(c: _Call, g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: 
 
 def forward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec,
             rt: Runtime) -> tuple[Any, dict]:
-    """Fused forward: ``out (n_dst, H, Dv)`` and ``saved = {"rmax", "rlog"}``, each (n_dst, H).
+    """Fused forward: ``out (n_dst, H, Dv)`` and ``saved`` holding ``ROW_MAX`` (``rmax``) and ``ROW_LOG_DENOM`` (``rlog``), each (n_dst, H).
 
     ``rmax`` is each row's largest score and ``rlog`` the log of its softmax
     denominator relative to it; backward recomputes ``p = exp((s - rmax) - rlog)``.
@@ -428,7 +427,7 @@ def forward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: Atte
     c = _Call(g, q, k, v, att, spec, rt, (q, k, v, att))
     q, k, _ = c.score_inputs(q, k)
     out, rmax, rlog = _run_forward(c, g, q, k, v, att, edge_bias, None)
-    return out, {"rmax": rmax, "rlog": rlog}
+    return out, {ROW_MAX: rmax, ROW_LOG_DENOM: rlog}
 
 
 def weights(g: Any, q: Any, k: Any, att: Any, edge_bias: Any, spec: AttentionSpec, rt: Runtime) -> Any:
@@ -464,7 +463,7 @@ def backward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: Att
     tau_part = c.empty(rows.n_seg, H) if has_tau else None
     c.launch_warps("sg_attn_bwd_rows", rows.n_seg, c.geom.tiles(D),
                    (rows.seg_ptr, rows.seg_row, rows.seg_slot, np.int64(rows.n_seg), g.indices,
-                    q, k, v, att, edge_bias, out, dout, saved["rmax"], saved["rlog"], *c.dims(),
+                    q, k, v, att, edge_bias, out, dout, saved[ROW_MAX], saved[ROW_LOG_DENOM], *c.dims(),
                     *c.scalars(),
                     *c.dropout(), ds, a, dq, dq_part, att_part, tau_part))
     if rows.n_long:

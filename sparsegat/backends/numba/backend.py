@@ -1,7 +1,7 @@
 """The ``numba`` backend: fused, parallel CPU kernels (see ``docs/numba.md``).
 
 A thin module: it prepares outputs and per-graph structures and calls the kernels
-of :mod:`sparsegat.numba_kernels`, specialised on the score in use. Importing it
+of this folder (:mod:`sparsegat.backends.numba`), specialised on the score in use. Importing it
 imports numba; the registry imports it only when the backend is chosen.
 Threads follow ``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``.
 
@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from ..numba_kernels.backward import backward_kernels, pack_rows
-from ..numba_kernels.forward import cosine_unit, forward_kernel, weights_kernel
-from ..numba_kernels.partition import balanced_chunks
-from ..numba_kernels.scores import ADDITIVE, COSINE, SCORE_IDS
-from ..spec import COSINE_EPS, TAU_SCORES, AttentionSpec
+from .backward import backward_kernels, pack_rows
+from .dense import adam_update as adam_kernel, csr_matmul_rows
+from .forward import cosine_unit, forward_kernel, weights_kernel
+from .partition import balanced_chunks
+from .scores import ADDITIVE, COSINE, SCORE_CODES
+from ...spec import COSINE_EPS, ROW_INV_DENOM, ROW_MAX, TAU_SCORES, AttentionSpec
 
 #: Hand the kernels the graph's own index dtype even when int32 would do.
 NATIVE_INDEX_DTYPE = False
@@ -101,7 +102,7 @@ def _score_inputs(q: np.ndarray, k: np.ndarray, spec: AttentionSpec) -> tuple:
     """``(q, k, qnorm, knorm)`` as the kernels take them: for ``cosine`` the unit vectors
     ``x / max(norm x, eps)`` and ``(n, H, 2)`` arrays of ``(1 / max(norm, eps), norm > eps)``
     (recomputed when needed, never saved); the inputs themselves otherwise."""
-    if SCORE_IDS[spec.score] != COSINE:
+    if SCORE_CODES[spec.score] != COSINE:
         return _ro(q), _ro(k), None, None
     out = []
     for x in (q, k):
@@ -139,7 +140,7 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
     two_pass = heads >= TWO_PASS_MIN_HEADS and ks.nbytes + v.nbytes <= TWO_PASS_MAX_BYTES
     forward_kernel(spec.score)(indptr, indices, chunks, qs, ks, _ro(v),
                                *_options(q, att, edge_bias, qn, kn, spec), two_pass, out, rowmax, rowinv)
-    return out, {"rowmax": rowmax, "rowinv": rowinv}
+    return out, {ROW_MAX: rowmax, ROW_INV_DENOM: rowinv}
 
 
 def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
@@ -152,9 +153,9 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
     options = _options(q, att, edge_bias, qn, kn, spec)
     att_, qn, kn, scalars = options[0], options[3], options[4], options[5:8]
 
-    additive = SCORE_IDS[spec.score] == ADDITIVE
+    additive = SCORE_CODES[spec.score] == ADDITIVE
     pack = aligned_empty((n_dst, heads, 4), dtype)
-    pack_rows(_ro(out), _ro(dout), _ro(saved["rowmax"]), _ro(saved["rowinv"]),
+    pack_rows(_ro(out), _ro(dout), _ro(saved[ROW_MAX]), _ro(saved[ROW_INV_DENOM]),
               _ro(q) if additive else _dummy(dtype, 2), additive, pack)
 
     t_indptr, t_indices, t_perm, tchunks = _transposed(g)
@@ -197,3 +198,27 @@ def weights(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any,
     indptr, indices, chunks = _csr(g)
     weights_kernel(spec.score)(indptr, indices, chunks, qs, ks, *_options(q, att, edge_bias, qn, kn, spec), w)
     return w
+
+
+# ---------------------------------------------------------------------- optional dense helpers
+def csr_matmul(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w`` for a CSR ``x = (indptr, indices, data)`` already checked by
+    :func:`sparsegat.csr_format.check_csr`, parallel over rows (SciPy's runs on one thread)."""
+    out = np.empty((indptr.shape[0] - 1, w.shape[1]), dtype=w.dtype)
+    csr_matmul_rows(indptr, indices, data, np.ascontiguousarray(w), out)
+    return out
+
+
+def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, vmax: np.ndarray | None,
+                step: int, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+                decoupled: bool, amsgrad: bool, maximize: bool) -> None:
+    """Adam's (AdamW's with ``decoupled``) step on ``p`` in place, in one pass, bitwise as
+    :class:`sparsegat.optim.Adam`'s NumPy arithmetic. Arrays: C-contiguous, one shape and dtype."""
+    t = p.dtype.type
+    b1, b2 = betas
+    wd = weight_decay if (weight_decay and not decoupled) else 0.0
+    decay = 1.0 - lr * weight_decay if (weight_decay and decoupled) else 1.0
+    flat = [a.reshape(-1) for a in (p, g, m, v)]
+    vmax_flat = vmax.reshape(-1) if amsgrad else flat[3]
+    adam_kernel(*flat, vmax_flat, amsgrad, maximize, t(wd), t(decay), t(1.0 - b1), t(b2), t(1.0 - b2),
+                t(lr / (1.0 - b1 ** step)), t(1.0 / math.sqrt(1.0 - b2 ** step)), t(eps))

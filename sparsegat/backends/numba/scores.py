@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from numba import njit
 
-from ..spec import SCORES
+from ...spec import SCORE_CODES
 
-DOT, SCALED_DOT, COSINE, EUCLIDEAN, ADDITIVE, GATV2 = range(6)
-#: Score name -> the integer id the kernels are specialised on.
-SCORE_IDS = {name: i for i, name in enumerate(SCORES)}
-assert SCORES == ("dot", "scaled_dot", "cosine", "euclidean", "additive", "gatv2")
+#: The score codes the kernels branch on, named (values from :data:`sparsegat.spec.SCORE_CODES`).
+DOT, SCALED_DOT, COSINE, EUCLIDEAN, ADDITIVE, GATV2 = (
+    SCORE_CODES[s] for s in ("dot", "scaled_dot", "cosine", "euclidean", "additive", "gatv2"))
 
 #: Fast-math flags of every kernel: reassociation lets LLVM vectorise the
 #: D- and Dv-length reductions (the result is still a fixed function of the

@@ -1,10 +1,11 @@
-"""The compiled (numba) paths of the layers' dense work against the plain NumPy/SciPy ones.
+"""The backends' optional dense functions (``csr_matmul``, ``adam_update``) against plain NumPy/SciPy.
 
-:mod:`sparsegat.nn.compiled` sends ``x @ W`` for a scipy CSR ``x`` and the Adam
-update to numba kernels when the numba backend is in use; these tests check that
-the two paths agree (to rounding for the product, bit for bit for Adam), that
-malformed CSR matrices are refused before any kernel reads them, and that the
-plain path is taken where the compiled one does not apply.
+The layers and optimizers reach them through the registry
+(:func:`sparsegat.backends.optional_function`): the numba backend implements both.
+These tests check that the two paths agree (to rounding for the product, bit for bit
+for Adam), that malformed CSR matrices are refused before any kernel reads them, that
+the plain path is taken where the compiled one does not apply, and that a layer's
+``backend=`` decides for its optimizer too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,25 @@ from hypothesis import strategies as st
 pytest.importorskip("numba")
 
 from sparsegat import nn, optim  # noqa: E402
-from sparsegat.nn import compiled  # noqa: E402
+from sparsegat.backends import get_backend, optional_function  # noqa: E402
+from sparsegat.nn.module import sparse_dense_matmul  # noqa: E402
+
+NUMBA = get_backend("numba")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the numba backend's csr_matmul and adam_update calls (still running them)."""
+    counts = {"csr_matmul": 0, "adam_update": 0}
+    for name in counts:
+        real = getattr(NUMBA, name)
+
+        def spy(*args, _real=real, _name=name):
+            counts[_name] += 1
+            return _real(*args)
+
+        monkeypatch.setattr(NUMBA, name, spy)
+    return counts
 
 
 @st.composite
@@ -43,31 +62,38 @@ def csr_problems(draw):
 @given(csr_problems())
 def test_csr_matmul_matches_scipy(problem):
     x, w = problem
-    got = compiled.csr_matmul(x, w)
-    assert got is not None and got.dtype == w.dtype and got.shape == (x.shape[0], w.shape[1])
+    got = NUMBA.csr_matmul(x.indptr, x.indices, x.data, w)
+    assert got.dtype == w.dtype and got.shape == (x.shape[0], w.shape[1])
     ref = (x.astype(np.float64) @ w.astype(np.float64))
     tol = 1e-5 if w.dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(1.0, float(np.abs(ref).max(initial=0))))
 
 
-def test_csr_matmul_declines_where_it_does_not_apply(monkeypatch):
+def test_csr_matmul_is_used_only_where_it_applies(monkeypatch, calls):
     x = sp.random(5, 4, density=0.5, format="csr", dtype=np.float32, random_state=0)
     w = np.ones((4, 3), np.float32)
-    assert compiled.csr_matmul(x.toarray(), w) is None          # dense x
-    assert compiled.csr_matmul(x.tocsc(), w) is None            # not CSR
-    assert compiled.csr_matmul(x, w.astype(np.float64)) is None  # mixed dtypes
-    assert compiled.csr_matmul(x, w, backend="numpy") is None   # the reference backend asked for
+    ref = x.toarray() @ w
+    for xx, ww, backend in [(x.toarray(), w, None),              # dense x
+                            (x.tocsc(), w, None),                # not CSR
+                            (x, w.astype(np.float64), None),     # mixed dtypes
+                            (x, w, "numpy")]:                    # the reference backend asked for
+        np.testing.assert_allclose(sparse_dense_matmul(xx, ww, backend), ref, rtol=1e-6)
+    assert calls["csr_matmul"] == 0
+    assert optional_function("csr_matmul", "numpy", "numpy") is None
     monkeypatch.setenv("SPARSEGAT_BACKEND", "numpy")
-    assert compiled.csr_matmul(x, w) is None
+    sparse_dense_matmul(x, w)
+    assert calls["csr_matmul"] == 0
     monkeypatch.delenv("SPARSEGAT_BACKEND")
-    assert compiled.csr_matmul(x, w) is not None
+    np.testing.assert_allclose(sparse_dense_matmul(x, w), ref, rtol=1e-6)
+    assert calls["csr_matmul"] == 1
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
 @pytest.mark.parametrize("corrupt", ["index_high", "index_negative", "indptr_end", "indptr_decreasing"])
-def test_malformed_csr_is_refused_before_any_kernel(corrupt):
+def test_malformed_sparse_input_is_refused_before_any_kernel(corrupt, fmt, calls):
     """scipy checks little of a CSR's arrays (and nothing once they are modified in place):
-    the compiled path checks them all."""
-    bad = sp.random(6, 5, density=0.5, format="csr", dtype=np.float32, random_state=1)
+    the layers check them all before converting or multiplying."""
+    bad = sp.random(6, 5, density=0.5, format=fmt, dtype=np.float32, random_state=1)
     if corrupt == "index_high":
         bad.indices[0] = 5
     elif corrupt == "index_negative":
@@ -76,8 +102,9 @@ def test_malformed_csr_is_refused_before_any_kernel(corrupt):
         bad.indptr[-1] -= 1
     else:
         bad.indptr[2], bad.indptr[3] = bad.indptr[3] + 1, bad.indptr[2]
-    with pytest.raises(ValueError, match="x: a malformed CSR"):
-        compiled.csr_matmul(bad, np.ones((5, 2), np.float32))
+    with pytest.raises(ValueError, match="^x: "):
+        nn.Linear(5, 2).forward(bad)
+    assert calls["csr_matmul"] == 0
 
 
 def test_layers_use_the_compiled_product_and_agree_with_the_reference_backend():
@@ -108,16 +135,15 @@ def _two_layer_params(dtype):
     (optim.AdamW, dict(lr=0.01, weight_decay=0.1)),
     (optim.AdamW, dict(lr=0.01, weight_decay=0.0, amsgrad=True)),
 ], ids=["adam", "adam-l2", "adam-amsgrad-maximize", "adamw", "adamw-nodecay-amsgrad"])
-def test_compiled_adam_is_bitwise_the_numpy_adam(monkeypatch, dtype, cls, kw):
+def test_compiled_adam_is_bitwise_the_numpy_adam(monkeypatch, calls, dtype, cls, kw):
     """Ten steps with random gradients: the compiled update and the NumPy one give the
     same bits in every parameter and every state array."""
     rng = np.random.default_rng(5)
     grads = [[rng.standard_normal(p.shape).astype(dtype) for p in (lay.params[k] for _, lay, k in
               _two_layer_params(dtype).named_parameters())] for _ in range(10)]
     results = []
-    for use_numba in (True, False):
-        monkeypatch.setattr(compiled, "enabled", (lambda backend=None: True) if use_numba
-                            else (lambda backend=None: False))
+    for backend in ("numba", "numpy"):
+        monkeypatch.setenv("SPARSEGAT_BACKEND", backend)
         model = _two_layer_params(dtype)
         opt = cls(model, **kw)
         for step in grads:
@@ -126,6 +152,7 @@ def test_compiled_adam_is_bitwise_the_numpy_adam(monkeypatch, dtype, cls, kw):
             opt.step()
         results.append(([layer.params[key].copy() for _, layer, key in model.named_parameters()],
                          opt.state_dict()))
+    assert calls["adam_update"] == 10 * 4  # the numba run only, every parameter
     (p_numba, s_numba), (p_numpy, s_numpy) = results
     for a, b in zip(p_numba, p_numpy):
         assert a.dtype == dtype and np.array_equal(a, b)
@@ -148,7 +175,7 @@ def _flatten(state, prefix=""):
     return out
 
 
-def test_compiled_adam_declines_non_contiguous_parameters(monkeypatch):
+def test_compiled_adam_declines_non_contiguous_parameters(calls):
     """A parameter that is a strided view goes through the NumPy update (and still updates)."""
     model = nn.Linear(6, 4, seed=0)
     base = np.zeros((6, 8), np.float32)
@@ -156,13 +183,22 @@ def test_compiled_adam_declines_non_contiguous_parameters(monkeypatch):
     model.params["W"] = base[:, ::2]
     model.grads["W"] = np.ones((6, 4), np.float32)
     model.grads["b"] = np.ones(4, np.float32)
-    state = {"step": 1, "exp_avg": np.zeros((6, 4), np.float32), "exp_avg_sq": np.zeros((6, 4), np.float32)}
-    assert not compiled.adam_update(model.params["W"], model.grads["W"], state, lr=0.1, betas=(0.9, 0.999),
-                                    eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False)
     before = model.params["W"].copy()
     optim.Adam(model, lr=0.1).step()
     assert np.all(model.params["W"] < before)  # positive gradients: every weight went down
     assert np.all(base[:, 1::2] == 0)
+    assert calls["adam_update"] == 1  # the bias only
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", None])
+def test_the_optimizer_follows_the_layer_backend(calls, backend):
+    """A layer built with ``backend="numpy"`` gets the NumPy Adam; numba (or the default) the kernel."""
+    layer = nn.GATConv(6, 4, heads=2, seed=0, backend=backend)
+    for _, owner, key in layer.named_parameters():
+        owner.grads[key] = np.ones_like(owner.params[key])
+    optim.Adam(layer, lr=0.01).step()
+    n_params = len(list(layer.named_parameters()))
+    assert n_params >= 3 and calls["adam_update"] == (0 if backend == "numpy" else n_params)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.3, 2.5])

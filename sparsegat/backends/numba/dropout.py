@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..dropout import GOLDEN as _GOLDEN, MIX1 as _MIX1, MIX2 as _MIX2
+from ...dropout import GOLDEN as _GOLDEN, MIX1 as _MIX1, MIX2 as _MIX2
 
 GOLDEN = np.uint64(_GOLDEN)
 MIX1 = np.uint64(_MIX1)
