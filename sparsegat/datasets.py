@@ -1,10 +1,11 @@
-"""Node-classification data sets: ``.npz`` files in the shared layout and a built-in synthetic graph.
+"""Node-classification data sets: ``.npz`` files and a built-in synthetic graph.
 
-The file layout (``../shared/data/README.md``): ``indptr``, ``indices`` (the graph as
+The file layout (documented in ``docs/data.md``): ``indptr``, ``indices`` (the graph as
 CSR, row ``i`` = node ``i``, columns = the nodes it receives messages from);
 node features either sparse (``x_indptr``, ``x_indices``, ``x_data``, ``x_shape``)
 or dense (``x``); ``y`` (integer labels); ``train_mask``, ``val_mask``, ``test_mask``
-(booleans). Files are opened with ``allow_pickle=False``.
+(booleans). Files are opened with ``allow_pickle=False``, and every CSR structure is
+checked by :func:`sparsegat.csr_format.check_csr` before it is used.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .csr_format import check_csr, row_ids
 from .graph import CSRGraph
 
 __all__ = ["Dataset", "DatasetError", "load_npz", "synthetic", "row_normalize"]
@@ -109,31 +111,41 @@ def row_normalize(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- npz files
+_REQUIRED = ("indptr", "indices", "y", "train_mask", "val_mask", "test_mask")
+_SPARSE_X = ("x_indptr", "x_indices", "x_data", "x_shape")
+_MASKS = ("train_mask", "val_mask", "test_mask")
+
+
 def _fail(path: Any, msg: str) -> DatasetError:
     return DatasetError(f"{os.fspath(path)}: {msg}")
 
 
-def _int_array(path: Any, data: dict, key: str) -> np.ndarray:
-    a = data[key]
-    if a.ndim != 1 or a.dtype.kind not in "iu":
-        raise _fail(path, f"'{key}' must be a 1-D integer array, got shape {a.shape} dtype {a.dtype}")
-    return a.astype(np.int64)
-
-
 def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
-    """Load a data set in the layout of ``shared/data/README.md``.
+    """Load a data set from an ``.npz`` file in the layout of ``docs/data.md``.
 
     Raises
     ------
     DatasetError (a ValueError)
         With the file name and what is wrong: not a readable ``.npz`` archive,
-        pickled (object) arrays, missing keys, wrong shapes or dtypes, indices
-        out of range, labels that are negative, masks that are not boolean or
-        select no node.
+        pickled (object) arrays, missing keys, wrong shapes or dtypes, a malformed
+        CSR structure (graph or sparse features), labels that are negative, masks
+        that are not boolean or select no node.
     FileNotFoundError
         When ``path`` does not exist.
     """
     path = os.fspath(path)
+    data = _read_arrays(path)
+    y, num_classes = _labels(path, data)
+    n = int(y.shape[0])
+    graph = _graph(path, data, n)
+    x = _features(path, data, n)
+    masks = _masks(path, data, n)
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    return Dataset(name, graph, x, y, masks["train_mask"], masks["val_mask"], masks["test_mask"], num_classes)
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    """Every array of the archive (never unpickled), after checking the required keys are there."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -153,78 +165,89 @@ def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
                 raise _fail(path, f"array '{key}' is an object array, which would need unpickling; refused") from None
             except (OSError, zipfile.BadZipFile, EOFError) as exc:
                 raise _fail(path, f"array '{key}' cannot be read ({exc})") from None
-    required = ["indptr", "indices", "y", "train_mask", "val_mask", "test_mask"]
-    sparse_keys = ["x_indptr", "x_indices", "x_data", "x_shape"]
-    missing = [k for k in required if k not in data]
-    has_sparse = all(k in data for k in sparse_keys)
-    if not has_sparse and "x" not in data:
+    missing = [k for k in _REQUIRED if k not in data]
+    if not _has_sparse_features(data) and "x" not in data:
         missing.append("x (or x_indptr, x_indices, x_data, x_shape)")
     if missing:
         raise _fail(path, f"missing arrays {', '.join(missing)} (found {', '.join(sorted(data)) or 'none'})")
+    return data
 
+
+def _has_sparse_features(data: dict[str, np.ndarray]) -> bool:
+    return all(k in data for k in _SPARSE_X)
+
+
+def _labels(path: str, data: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
+    """``y`` as int64 and the number of classes; ``len(y)`` is the number of nodes."""
     y = data["y"]
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise _fail(path, f"'y' must be a 1-D integer array of labels, got shape {y.shape} dtype {y.dtype}")
-    n = int(y.shape[0])
-    if n == 0:
+    if y.shape[0] == 0:
         raise _fail(path, "'y' is empty: the data set has no nodes")
     if int(y.min()) < 0:
         raise _fail(path, f"labels must be >= 0, got {int(y.min())}")
     y = y.astype(np.int64)
-    num_classes = int(y.max()) + 1
+    return y, int(y.max()) + 1
 
-    indptr, indices = _int_array(path, data, "indptr"), _int_array(path, data, "indices")
-    if indptr.shape[0] != n + 1:
-        raise _fail(path, f"'indptr' must have length n + 1 = {n + 1} for {n} labelled nodes, got {indptr.shape[0]}")
-    if indptr[0] != 0 or indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0):
-        raise _fail(path, f"'indptr' must start at 0, never decrease and end at len(indices) = {indices.shape[0]}")
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n):
-        raise _fail(path, f"'indices' must lie in [0, {n}), got values from {int(indices.min())} to {int(indices.max())}")
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+
+def _graph(path: str, data: dict[str, np.ndarray], n: int) -> CSRGraph:
+    """The square graph of ``indptr``/``indices`` (rows may be unsorted or repeat a column)."""
+    indptr, indices = data["indptr"], data["indices"]
     try:
-        graph = CSRGraph.from_edge_index(indices, rows, num_src=n, num_dst=n)
-    except ValueError as exc:  # pragma: no cover - ranges were checked above
-        raise _fail(path, f"bad graph: {exc}") from None
+        check_csr(indptr, indices, (n, n), name="graph", dims=("len(y)", "len(y)"))
+    except ValueError as exc:
+        raise _fail(path, str(exc)) from None
+    return CSRGraph.from_edge_index(indices.astype(np.int64), row_ids(indptr, np.int64), num_src=n, num_dst=n)
 
-    if has_sparse:
-        import scipy.sparse as sp
 
-        x_shape = data["x_shape"]
-        if x_shape.shape != (2,) or x_shape.dtype.kind not in "iu":
-            raise _fail(path, f"'x_shape' must be two integers, got {x_shape!r}")
-        rows_x, cols_x = int(x_shape[0]), int(x_shape[1])
-        if rows_x != n or cols_x < 1:
-            raise _fail(path, f"'x_shape' is ({rows_x}, {cols_x}) but there are {n} nodes")
-        x_indptr, x_indices = _int_array(path, data, "x_indptr"), _int_array(path, data, "x_indices")
-        x_data = data["x_data"]
-        if x_data.ndim != 1 or x_data.dtype.kind not in "biuf":
-            raise _fail(path, f"'x_data' must be a 1-D numeric array, got shape {x_data.shape} dtype {x_data.dtype}")
-        if (x_indptr.shape[0] != n + 1 or x_indptr[0] != 0 or x_indptr[-1] != x_indices.shape[0]
-                or x_data.shape[0] != x_indices.shape[0] or np.any(np.diff(x_indptr) < 0)):
-            raise _fail(path, "feature CSR arrays are inconsistent: x_indptr must have length n + 1, start at 0, "
-                              "never decrease and end at len(x_indices) = len(x_data)")
-        if x_indices.size and (int(x_indices.min()) < 0 or int(x_indices.max()) >= cols_x):
-            raise _fail(path, f"'x_indices' must lie in [0, {cols_x})")
-        x = sp.csr_matrix((x_data.astype(np.float32), x_indices, x_indptr), shape=(n, cols_x))
-        x.sum_duplicates()
+def _features(path: str, data: dict[str, np.ndarray], n: int) -> Any:
+    """Float32 features: a CSR matrix from the ``x_*`` arrays when present, else the dense ``x``."""
+    if _has_sparse_features(data):
+        x = _sparse_features(path, data, n)
+        values = x.data
     else:
         x = data["x"]
         if x.ndim != 2 or x.shape[0] != n or x.dtype.kind not in "biuf" or x.shape[1] < 1:
             raise _fail(path, f"'x' must be a numeric array of shape ({n}, features), got shape {x.shape} dtype {x.dtype}")
-        x = x.astype(np.float32)
-    if not np.isfinite(x.data if has_sparse else x).all():
+        x = values = x.astype(np.float32)
+    if not np.isfinite(values).all():
         raise _fail(path, "features contain NaN or infinity")
+    return x
 
+
+def _sparse_features(path: str, data: dict[str, np.ndarray], n: int) -> Any:
+    import scipy.sparse as sp
+
+    x_shape = data["x_shape"]
+    if x_shape.shape != (2,) or x_shape.dtype.kind not in "iu":
+        raise _fail(path, f"'x_shape' must be two integers, got {x_shape!r}")
+    rows_x, cols_x = int(x_shape[0]), int(x_shape[1])
+    if rows_x != n or cols_x < 1:
+        raise _fail(path, f"'x_shape' is ({rows_x}, {cols_x}) but there are {n} nodes")
+    x_indptr, x_indices, x_data = data["x_indptr"], data["x_indices"], data["x_data"]
+    if x_data.ndim != 1 or x_data.dtype.kind not in "biuf":
+        raise _fail(path, f"'x_data' must be a 1-D numeric array, got shape {x_data.shape} dtype {x_data.dtype}")
+    try:
+        check_csr(x_indptr, x_indices, (n, cols_x), name="feature CSR arrays", data=x_data,
+                  arrays=("x_indptr", "x_indices"), dims=("len(y)", "x_shape[1]"))
+    except ValueError as exc:
+        raise _fail(path, str(exc)) from None
+    x = sp.csr_matrix((x_data.astype(np.float32), x_indices.astype(np.int64), x_indptr.astype(np.int64)),
+                      shape=(n, cols_x))
+    x.sum_duplicates()
+    return x
+
+
+def _masks(path: str, data: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     masks = {}
-    for key in ("train_mask", "val_mask", "test_mask"):
+    for key in _MASKS:
         m = data[key]
         if m.dtype != np.bool_ or m.shape != (n,):
             raise _fail(path, f"'{key}' must be a boolean array of shape ({n},), got shape {m.shape} dtype {m.dtype}")
         if not m.any():
             raise _fail(path, f"'{key}' selects no node")
         masks[key] = m.copy()
-    name = name or os.path.splitext(os.path.basename(path))[0]
-    return Dataset(name, graph, x, y, masks["train_mask"], masks["val_mask"], masks["test_mask"], num_classes)
+    return masks
 
 
 # ---------------------------------------------------------------------- synthetic data

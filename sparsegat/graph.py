@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import array_kind, namespace as _namespace, to_numpy
+from .csr_format import check_csr, row_ids as _row_ids
 
 INT32_MAX = np.iinfo(np.int32).max
 INT64_MAX = np.iinfo(np.int64).max
@@ -85,7 +86,7 @@ class CSRGraph:
         indices = _as_index_array("indices", indices, xp)
         if array_kind(indptr) != array_kind(indices):
             raise TypeError("indptr and indices must both be NumPy arrays or both be CuPy arrays")
-        _validate_csr(indptr, indices, n_dst, n_src)
+        check_csr(indptr, indices, (n_dst, n_src), name="CSRGraph", canonical=True, dims=("n_dst", "n_src"))
         dtype = np.promote_types(indptr.dtype, indices.dtype)
         if dtype == np.int32 and max(n_dst, n_src, int(indices.shape[0])) > INT32_MAX:
             dtype = np.dtype(np.int64)
@@ -123,9 +124,22 @@ class CSRGraph:
             raise TypeError(f"A must be a scipy.sparse matrix or array, got {type(A).__name__}")
         if len(A.shape) != 2:
             raise ValueError(f"A must be 2-D, got shape {A.shape}")
-        coo = A.tocoo()
-        return cls.from_edge_index(coo.col, coo.row, num_src=A.shape[1], num_dst=A.shape[0],
-                                   index_dtype=index_dtype)
+        # SciPy checks only O(1) properties when it builds a CSR/CSC/BSR matrix, and its
+        # conversions trust indptr/indices: check them fully before anything reads them.
+        if A.format == "csr":
+            check_csr(A.indptr, A.indices, A.shape, name="A", dims=("A.shape[0]", "A.shape[1]"))
+            rows, cols = _row_ids(A.indptr, np.int64), A.indices
+        elif A.format == "csc":
+            check_csr(A.indptr, A.indices, A.shape[::-1], name="A", dims=("A.shape[1]", "A.shape[0]"))
+            rows, cols = A.indices, _row_ids(A.indptr, np.int64)
+        else:
+            if A.format == "bsr":
+                (R, C), (M, N) = A.blocksize, A.shape
+                check_csr(A.indptr, A.indices, (M // R, N // C), name="A", data=A.data,
+                          dims=("n_block_rows", "n_block_cols"))
+            coo = A.tocoo()
+            rows, cols = coo.row, coo.col
+        return cls.from_edge_index(cols, rows, num_src=A.shape[1], num_dst=A.shape[0], index_dtype=index_dtype)
 
     @classmethod
     def from_edge_index(cls, src: Any, dst: Any, num_src: int | None = None,
@@ -206,9 +220,7 @@ class CSRGraph:
     def row_ids(self) -> Any:
         """Destination node of every edge in CSR order (cached), shape (nnz,)."""
         if self._row_ids is None:
-            xp = _namespace(self.device)
-            pos = xp.arange(self.nnz, dtype=self.index_dtype)
-            self._row_ids = (xp.searchsorted(self.indptr, pos, side="right") - 1).astype(self.index_dtype)
+            self._row_ids = _row_ids(self.indptr, self.index_dtype)
         return self._row_ids
 
     def transposed(self) -> tuple[Any, Any, Any]:
@@ -231,7 +243,7 @@ class CSRGraph:
             t_perm = np.argsort(indices, kind="stable").astype(dtype)
             t_indptr = np.zeros(self.n_src + 1, dtype=dtype)
             np.cumsum(np.bincount(indices, minlength=self.n_src), out=t_indptr[1:])
-            rows = np.repeat(np.arange(self.n_dst, dtype=dtype), np.diff(indptr))
+            rows = _row_ids(indptr, dtype)
             t_indices = rows[t_perm]
             if self.device == "cupy":
                 import cupy
@@ -253,7 +265,7 @@ class CSRGraph:
             raise ValueError(f"with_self_loops needs a square graph, got shape {self.shape}")
         n = self.shape[0]
         indptr, indices = to_numpy(self.indptr), to_numpy(self.indices)
-        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+        rows = _row_ids(indptr, np.int64)
         loops = np.arange(n, dtype=np.int64)
         g = CSRGraph.from_edge_index(np.concatenate([indices, loops]), np.concatenate([rows, loops]),
                                      num_src=n, num_dst=n, index_dtype=self.index_dtype)
@@ -307,39 +319,3 @@ def _resolve_index_dtype(index_dtype: Any, n_dst: int, n_src: int, nnz: int) -> 
     if dtype == np.int32 and needed == np.int64:
         raise ValueError(f"index_dtype int32 overflows for shape ({n_dst}, {n_src}) with {nnz} edges")
     return dtype
-
-
-def _validate_csr(indptr: Any, indices: Any, n_dst: int, n_src: int) -> None:
-    """Raise ValueError unless (indptr, indices) is canonical CSR of shape (n_dst, n_src)."""
-    if indptr.shape[0] != n_dst + 1:
-        raise ValueError(f"indptr must have length n_dst + 1 = {n_dst + 1}, got {indptr.shape[0]}")
-    nnz = int(indices.shape[0])
-    if int(indptr[0]) != 0:
-        raise ValueError(f"indptr[0] must be 0, got {int(indptr[0])}")
-    steps = indptr[1:] - indptr[:-1]
-    if n_dst and bool((steps < 0).any()):
-        row = int(np.flatnonzero(to_numpy(steps < 0))[0])
-        raise ValueError(f"indptr must be non-decreasing, but indptr[{row + 1}]={int(indptr[row + 1])} "
-                         f"< indptr[{row}]={int(indptr[row])}")
-    if int(indptr[-1]) != nnz:
-        raise ValueError(f"indptr[-1]={int(indptr[-1])} must equal len(indices)={nnz}")
-    if nnz == 0:
-        return
-    lo, hi = int(indices.min()), int(indices.max())
-    if lo < 0 or hi >= n_src:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"indices must lie in [0, n_src={n_src}), got {bad}")
-    # Within a row, indices must strictly increase; a drop is allowed only where a new row starts.
-    bad = indices[1:] <= indices[:-1]
-    if bool(bad.any()):
-        xp = _namespace(array_kind(indices))
-        starts = indptr[1:-1]
-        starts = starts[(starts > 0) & (starts < nnz)]
-        bad[starts - 1] = False
-        if bool(bad.any()):
-            pos = int(xp.flatnonzero(bad)[0]) + 1
-            row = int(np.searchsorted(to_numpy(indptr), pos, side="right")) - 1
-            problem = "duplicate" if int(indices[pos]) == int(indices[pos - 1]) else "unsorted"
-            raise ValueError(f"indices of row {row} are not strictly increasing ({problem} column "
-                             f"{int(indices[pos])} after {int(indices[pos - 1])}); use "
-                             f"CSRGraph.from_scipy or CSRGraph.from_edge_index to canonicalise")

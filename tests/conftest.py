@@ -14,13 +14,20 @@ Every profile sets ``deadline=None``: the first call of a backend compiles kerne
 The helper modules ``strategies.py`` and ``dense_reference.py`` live next to the
 tests; this directory is put on ``sys.path`` so that any test file can write
 ``from strategies import csr_graphs`` whatever pytest's import mode.
+
+Tests on the Cora data set take the ``cora_path`` fixture, the one place that knows
+where the file is: ``$SPARSEGAT_CORA`` when set, else ``data/cora.npz`` in a
+``shared`` folder beside the clone (``<repo>/../shared/data/cora.npz``). The
+file's layout is described in ``docs/data.md``; without the file these tests skip.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,3 +41,18 @@ settings.register_profile("ci", max_examples=25, **_COMMON)
 settings.register_profile("dev", max_examples=100, **_COMMON)
 settings.register_profile("thorough", max_examples=1000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+#: Where ``cora_path`` looks when ``$SPARSEGAT_CORA`` is not set: a ``shared`` folder beside the clone.
+DEFAULT_CORA = Path(_HERE).resolve().parent.parent / "shared" / "data" / "cora.npz"
+
+
+@pytest.fixture(scope="session")
+def cora_path() -> Path:
+    """The Cora ``.npz`` file (layout in ``docs/data.md``); skips the test when it is absent."""
+    env = os.environ.get("SPARSEGAT_CORA")
+    path = Path(env) if env else DEFAULT_CORA
+    if not path.is_file():
+        where = f"SPARSEGAT_CORA={env!r} is not a file" if env else f"{path} does not exist"
+        pytest.skip(f"Cora data file not available ({where}); set SPARSEGAT_CORA to the path of cora.npz")
+    return path

@@ -1,6 +1,6 @@
 """An independent dense oracle of the attention operator, for small graphs.
 
-Written straight from the formulas of DESIGN section 3, sharing no code with the
+Written straight from the formulas of docs/math.md, sharing no code with the
 backends: every score is computed for *all* ``(i, j)`` pairs as a dense
 ``(n_dst, n_src, H)`` tensor, the graph becomes a boolean mask, the softmax runs
 over the masked axis with ``-inf`` for non-edges, and the dropout keep decisions

@@ -1,4 +1,4 @@
-"""CSRGraph: validation (DESIGN section 2), canonicalising constructors, derived structures."""
+"""CSRGraph: validation (docs/contract.md, section 2), canonicalising constructors, derived structures."""
 
 from __future__ import annotations
 

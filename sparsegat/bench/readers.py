@@ -5,7 +5,7 @@ Formats, chosen by the file name's ending:
 ``.npz``
     Either a matrix written by ``scipy.sparse.save_npz`` (any sparse format),
     or plain arrays ``indptr`` and ``indices`` (the layout of the data sets in
-    ``shared/data/README.md``, e.g. ``cora.npz``), with an optional ``shape``
+    ``docs/data.md``, e.g. ``cora.npz``), with an optional ``shape``
     array ``(n_dst, n_src)``; without it the graph is square with
     ``len(indptr) - 1`` nodes. Never unpickled.
 ``.mtx`` (also ``.mtx.gz``, ``.mm``)
@@ -21,7 +21,8 @@ The stored entries of a matrix are the edges: row ``i`` is destination ``i``
 and its columns are the sources it attends to (as in :class:`sparsegat.CSRGraph`).
 In an edge list, line ``u v`` is an edge from source ``u`` to destination ``v``.
 Duplicate edges are merged and rows sorted. Any unreadable or malformed file
-raises :class:`ValueError` with the file name and what is wrong.
+raises :class:`ValueError` with the file name and what is wrong; CSR arrays (plain
+or from SciPy) are checked by :func:`sparsegat.csr_format.check_csr` before use.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..csr_format import check_csr, row_ids
 from ..graph import CSRGraph
 from .graphs import BenchGraph
 
@@ -116,44 +118,20 @@ def _from_matrix(path: str, A: Any) -> CSRGraph:
         raise ValueError(f"{path}: invalid graph ({exc})") from None
 
 
-def _int_array(path: str, name: str, a: np.ndarray) -> np.ndarray:
-    if a.ndim != 1:
-        raise ValueError(f"{path}: '{name}' must be 1-D, got shape {a.shape}")
-    if a.dtype.kind not in "iu":
-        raise ValueError(f"{path}: '{name}' must hold integers, got dtype {a.dtype}")
-    return a.astype(np.int64)
-
-
 def _from_csr_arrays(path: str, arrays: dict[str, np.ndarray]) -> CSRGraph:
-    indptr = _int_array(path, "indptr", arrays["indptr"])
-    indices = _int_array(path, "indices", arrays["indices"])
-    if indptr.size == 0:
+    indptr, indices = arrays["indptr"], arrays["indices"]
+    if indptr.ndim == 1 and indptr.size == 0:
         raise ValueError(f"{path}: 'indptr' is empty (it needs n_dst + 1 >= 1 entries)")
-    n_dst = indptr.size - 1
+    n_dst = indptr.shape[0] - 1 if indptr.ndim == 1 else 0
+    n_src = n_dst
     if "shape" in arrays:
         shape = np.asarray(arrays["shape"]).ravel()
         if shape.size != 2 or shape.dtype.kind not in "iu":
             raise ValueError(f"{path}: 'shape' must be two integers (n_dst, n_src), got {arrays['shape']!r}")
-        if int(shape[0]) != n_dst:
-            raise ValueError(f"{path}: 'shape' says {int(shape[0])} rows but 'indptr' has "
-                             f"{indptr.size} entries (n_dst + 1)")
-        n_src = int(shape[1])
-    else:
-        n_src = n_dst
-    if indptr[0] != 0:
-        raise ValueError(f"{path}: indptr[0] must be 0, got {int(indptr[0])}")
-    steps = np.diff(indptr)
-    if (steps < 0).any():
-        row = int(np.flatnonzero(steps < 0)[0])
-        raise ValueError(f"{path}: 'indptr' decreases at row {row} "
-                         f"({int(indptr[row])} -> {int(indptr[row + 1])})")
-    if int(indptr[-1]) != indices.size:
-        raise ValueError(f"{path}: indptr[-1]={int(indptr[-1])} but 'indices' has {indices.size} entries")
-    if indices.size and (indices.min() < 0 or indices.max() >= n_src):
-        bad = int(indices.min()) if indices.min() < 0 else int(indices.max())
-        raise ValueError(f"{path}: column index {bad} out of range for {n_src} source nodes")
-    rows = np.repeat(np.arange(n_dst, dtype=np.int64), steps)
-    return CSRGraph.from_edge_index(indices, rows, num_src=n_src, num_dst=n_dst)
+        n_dst, n_src = int(shape[0]), int(shape[1])
+    check_csr(indptr, indices, (n_dst, n_src), name=path, dims=("n_dst", "n_src"))
+    return CSRGraph.from_edge_index(indices.astype(np.int64), row_ids(indptr, np.int64),
+                                    num_src=n_src, num_dst=n_dst)
 
 
 def _read_mtx(path: str) -> CSRGraph:

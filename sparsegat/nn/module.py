@@ -85,11 +85,9 @@ def _check_sparse_structure(name: str, x: Any) -> None:
     bounds); other formats are converted by SciPy from arrays it checks itself."""
     fmt = getattr(x, "format", None)
     if fmt == "csr":
-        check_csr(x.indptr, x.indices, x.shape, name=name)
+        check_csr(x.indptr, x.indices, x.shape, name=name, data=x.data)
     elif fmt == "csc":
-        check_csr(x.indptr, x.indices, x.shape[::-1], name=name)
-    if x.data.shape[0] != x.indices.shape[0]:
-        raise ValueError(f"{name}: data has {x.data.shape[0]} values for {x.indices.shape[0]} indices")
+        check_csr(x.indptr, x.indices, x.shape[::-1], name=name, data=x.data, dims=("n_cols", "n_rows"))
 
 
 def sparse_dense_matmul(x: Any, w: Any, backend: str | None = None) -> Any:

@@ -178,11 +178,6 @@ def colsum_rows_per_block(R: int) -> int:
 _VALUE_ONLY_KERNELS = ("sg_column_sum", "sg_unit_rows", "sg_unit_rows_bwd")
 
 
-def kernel_config(score: str, dtype: Any, index_dtype: Any, geom: FeatureGeometry) -> tuple:
-    """Hashable key of the kernels of one configuration."""
-    return (score, np.dtype(dtype).str, np.dtype(index_dtype).str, geom.vec, geom.nacc)
-
-
 def attention_kernel_name(kind: str, score: str, dtype: Any, index_dtype: Any, geom: FeatureGeometry) -> str:
     """Name expression of ``sg_attn_fwd`` / ``sg_attn_bwd_rows`` / ``sg_attn_bwd_cols``."""
     return (f"{kind}<{C_FLOAT[np.dtype(dtype)]}, {C_INDEX[np.dtype(index_dtype)]}, "

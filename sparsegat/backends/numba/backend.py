@@ -17,7 +17,7 @@ to True to always use the graph's own index dtype (the tests do, once).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def _transposed(g: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 #: Outputs are allocated on 64-byte (cache-line) boundaries: rows of 2^k bytes then never
 #: straddle a line, and OpenBLAS's ``a.T @ b`` (the weight gradient ``x.T @ dv`` of a layer)
-#: runs ~25x faster on this machine when ``a`` is 64-byte aligned (see docs/numba.md).
+#: runs up to ~25x faster when ``a`` is 64-byte aligned (measured; see docs/numba.md).
 ALIGNMENT = 64
 
 
@@ -113,19 +113,37 @@ def _score_inputs(q: np.ndarray, k: np.ndarray, spec: AttentionSpec) -> tuple:
     return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
+class KernelOptions(NamedTuple):
+    """The kernels' arguments after ``k``/``v``, in the kernels' parameter order (the forward,
+    weights and source-side kernels take them all, splatted; the destination side by name)."""
+
+    att: np.ndarray           # (H, D) for gatv2, else a dummy
+    bias: np.ndarray          # (nnz, H) edge bias, else a dummy
+    has_bias: bool
+    qnorm: np.ndarray         # cosine: (n, H, 2) inverse norms and flags, else a dummy
+    knorm: np.ndarray
+    tau: Any                  # scalars in the inputs' dtype
+    slope: Any
+    scale: Any
+    dropout: bool
+    seed_key: np.uint64
+    threshold: np.uint64
+    keep_scale: Any
+
+
 def _options(q: np.ndarray, att: Any, edge_bias: Any, qnorm: Any, knorm: Any,
-             spec: AttentionSpec) -> tuple:
-    """The kernels' arguments after ``k``/``v``: ``att, bias, has_bias, qnorm, knorm``, the
-    scalars ``tau, slope, scale`` and the dropout ``dropout, seed_key, threshold, keep_scale``."""
+             spec: AttentionSpec) -> KernelOptions:
+    """The kernels' options, with read-only dummies for the arrays that do not apply."""
     t = q.dtype.type
     scale = 1.0 / math.sqrt(q.shape[2]) if q.ndim == 3 else 1.0
     dummy3 = _dummy(q.dtype, 3)
-    return (_ro(att) if att is not None else _dummy(q.dtype, 2),
-            _ro(edge_bias) if edge_bias is not None else _dummy(q.dtype, 2), edge_bias is not None,
-            dummy3 if qnorm is None else qnorm, dummy3 if knorm is None else knorm,
-            t(spec.tau), t(spec.negative_slope), t(scale),
-            bool(spec.dropout > 0.0), np.uint64(spec.seed_key), np.uint64(spec.threshold),
-            t(spec.keep_scale))
+    return KernelOptions(
+        att=_ro(att) if att is not None else _dummy(q.dtype, 2),
+        bias=_ro(edge_bias) if edge_bias is not None else _dummy(q.dtype, 2), has_bias=edge_bias is not None,
+        qnorm=dummy3 if qnorm is None else qnorm, knorm=dummy3 if knorm is None else knorm,
+        tau=t(spec.tau), slope=t(spec.negative_slope), scale=t(scale),
+        dropout=bool(spec.dropout > 0.0), seed_key=np.uint64(spec.seed_key),
+        threshold=np.uint64(spec.threshold), keep_scale=t(spec.keep_scale))
 
 
 def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
@@ -151,7 +169,6 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
     n_dst, heads = out.shape[0], out.shape[1]
     qs, ks, qn, kn = _score_inputs(q, k, spec)
     options = _options(q, att, edge_bias, qn, kn, spec)
-    att_, qn, kn, scalars = options[0], options[3], options[4], options[5:8]
 
     additive = SCORE_CODES[spec.score] == ADDITIVE
     pack = aligned_empty((n_dst, heads, 4), dtype)
@@ -170,7 +187,8 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
     dq = aligned_empty(q.shape, dtype)
     att_part = np.empty(((nchunks,) + att.shape) if att is not None else (1, 1, 1), dtype=dtype)
     tau_part = np.empty(max(nchunks, 1), dtype=dtype)
-    dest_pass(indptr, indices, chunks, qs, ks, att_, qn, kn, *scalars, _ro(ds), dq, att_part, tau_part)
+    dest_pass(indptr, indices, chunks, qs, ks, options.att, options.qnorm, options.knorm, options.tau,
+              options.slope, options.scale, _ro(ds), dq, att_part, tau_part)
 
     grads = {"q": dq, "k": dk, "v": dv}
     if att is not None:

@@ -95,11 +95,3 @@ def _exp_overload(x):
         return lambda x: exp_f64(x)
     return None
 
-
-@njit(cache=True)
-def exp_array(x):
-    """:func:`exp` of every element (for the tests)."""
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out.flat[i] = exp(x.flat[i])
-    return out
