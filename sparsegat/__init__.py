@@ -3,8 +3,8 @@
 The same calls run on NumPy arrays (CPU: NumPy reference, fused Numba kernels)
 and CuPy arrays (GPU: CUDA kernels); the backend follows the array type.
 
-The subpackages ``sparsegat.nn``, ``sparsegat.optim`` and ``sparsegat.datasets`` are
-loaded on first use (``sg.nn.GATConv``), so ``import sparsegat`` stays cheap and imports
+The subpackages ``sparsegat.nn``, ``sparsegat.optim``, ``sparsegat.datasets`` and
+``sparsegat.train`` (``fit``) are loaded on first use (``sg.nn.GATConv``), so ``import sparsegat`` stays cheap and imports
 neither Numba nor CuPy.
 """
 
@@ -26,7 +26,7 @@ from .spec import AttentionSpec as AttentionSpec
 from .spec import Gradients as Gradients
 
 #: Subpackages imported on first attribute access (PEP 562).
-_LAZY_SUBMODULES = ("nn", "optim", "datasets")
+_LAZY_SUBMODULES = ("nn", "optim", "datasets", "train")
 
 __all__ = [
     "CSRGraph",
@@ -43,6 +43,7 @@ __all__ = [
     "nn",
     "optim",
     "datasets",
+    "train",
 ]
 
 

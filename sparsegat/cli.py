@@ -35,10 +35,10 @@ def console_main() -> None:
     """The console script: :func:`main`, then exit without the interpreter's teardown.
 
     Once Numba has compiled or loaded a kernel, tearing the interpreter down takes
-    about 0.25 s (destroying Numba's and LLVM's objects; measured on the 2-core
-    development machine), a tenth of a Cora training run. The command has written
-    and closed everything it writes, so it flushes the standard streams and leaves
-    with ``os._exit``. Calling :func:`main` from Python returns normally.
+    about 0.25 s (destroying Numba's and LLVM's objects), up to a tenth of a
+    Cora training run. The command has written and closed everything it
+    writes, so it flushes the standard streams and leaves with ``os._exit``.
+    Calling :func:`main` from Python returns normally.
     """
     rc = main()
     for stream in (sys.stdout, sys.stderr):

@@ -260,15 +260,18 @@ class CSRGraph:
 
     # ------------------------------------------------------------------ transformations
     def with_self_loops(self) -> "CSRGraph":
-        """Return a new graph with every missing ``(i, i)`` edge added (square graphs only)."""
-        if self.shape[0] != self.shape[1]:
-            raise ValueError(f"with_self_loops needs a square graph, got shape {self.shape}")
-        n = self.shape[0]
+        """Return a new graph with every missing ``(i, i)`` edge added.
+
+        For a non-square graph ``(n_dst, n_src)`` these are the loops ``i < min(n_dst, n_src)``,
+        as PyG's ``add_self_loops`` does for a bipartite pair.
+        """
+        n_dst, n_src = self.shape
         indptr, indices = to_numpy(self.indptr), to_numpy(self.indices)
         rows = _row_ids(indptr, np.int64)
-        loops = np.arange(n, dtype=np.int64)
-        g = CSRGraph.from_edge_index(np.concatenate([indices, loops]), np.concatenate([rows, loops]),
-                                     num_src=n, num_dst=n, index_dtype=self.index_dtype)
+        loops = np.arange(min(n_dst, n_src), dtype=np.int64)
+        g = CSRGraph.from_edge_index(np.concatenate([indices.astype(np.int64), loops]),
+                                     np.concatenate([rows, loops]),
+                                     num_src=n_src, num_dst=n_dst, index_dtype=self.index_dtype)
         return g.to(self.device)
 
     def with_index_dtype(self, dtype: Any) -> "CSRGraph":

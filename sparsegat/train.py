@@ -1,10 +1,15 @@
-"""``sparsegat train``: node classification with a two-layer graph attention network.
+"""Node classification with graph attention: :func:`fit` and the ``sparsegat train`` command.
 
-Defaults are the GAT paper's Cora recipe (Velickovic et al., ICLR 2018): 8 heads x
-8 hidden features with ELU, one output head (averaged), dropout 0.6 on the
-inputs of both layers and on the attention weights, Adam with lr 0.005 and
-weight decay 5e-4, row-normalised features, 300 epochs with an evaluation after
-every epoch; the reported test accuracy is the one at the epoch of best
+:func:`fit` trains any ``sparsegat.nn`` model on a node-classification data set
+from Python (full-batch epochs, an evaluation after each, early stopping, the
+best state restored); :func:`build_model` builds the two-layer network that
+``sparsegat train`` uses.
+
+The command's defaults are the GAT paper's Cora recipe (Velickovic et al., ICLR
+2018): 8 heads x 8 hidden features with ELU, one output head (averaged), dropout
+0.6 on the inputs of both layers and on the attention weights, Adam with lr 0.005
+and weight decay 5e-4, row-normalised features, 300 epochs with an evaluation
+after every epoch; the reported test accuracy is the one at the epoch of best
 validation accuracy (the first such epoch, as PyG's example keeps it).
 """
 
@@ -16,14 +21,290 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NamedTuple, Sequence, TextIO
 
 import numpy as np
+
+__all__ = ["fit", "FitResult", "EpochStats", "build_model", "main"]
 
 SCORE_CHOICES = ("additive", "gatv2", "cosine", "dot", "scaled_dot", "euclidean")
 PROG = "sparsegat train"
 
 
+# ---------------------------------------------------------------------- training from Python
+class EpochStats(NamedTuple):
+    """The figures of one epoch: training loss, then accuracies after the update.
+
+    ``test`` is NaN when the data set has no test split.
+    """
+
+    epoch: int
+    loss: float
+    train: float
+    val: float
+    test: float
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes
+    ----------
+    history : list of EpochStats
+        One entry per epoch run (fewer than ``epochs`` after an early stop).
+    best : EpochStats
+        The epoch of best validation accuracy (the first one, on ties).
+    best_state : dict of str to array, or None
+        Copies of the parameters at ``best.epoch`` (qualified names, as
+        ``Module.named_parameters``); None when ``restore_best=False``.
+    stopped_early : bool
+        True when ``patience`` ended the training before ``epochs``.
+    seconds : float
+        Wall time of the epochs, evaluations included.
+    first_epoch_seconds : float
+        Wall time of the first epoch (it includes any kernel compilation).
+    """
+
+    history: list[EpochStats] = field(default_factory=list)
+    best: EpochStats = EpochStats(0, math.nan, 0.0, -1.0, 0.0)
+    best_state: dict[str, Any] | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+    first_epoch_seconds: float = 0.0
+
+    @property
+    def last(self) -> EpochStats:
+        """The figures of the last epoch run."""
+        return self.history[-1]
+
+    @property
+    def best_epoch(self) -> int:
+        return self.best.epoch
+
+
+class _Splits(NamedTuple):
+    """Node indices of the splits, in the array library of the labels (``test`` None when absent)."""
+
+    train: Any
+    val: Any
+    test: Any
+
+
+def _indices(mask: Any, xp: Any) -> Any:
+    """Integer node indices from a boolean mask or an index array (NumPy or CuPy)."""
+    from .arrays import to_numpy
+
+    m = to_numpy(mask)
+    return xp.asarray(np.flatnonzero(m) if m.dtype == bool else m)
+
+
+def _splits(data: Any, xp: Any) -> _Splits:
+    test = getattr(data, "test_mask", None)
+    return _Splits(_indices(data.train_mask, xp), _indices(data.val_mask, xp),
+                   None if test is None else _indices(test, xp))
+
+
+def _frozen_refs(model: Any, names: Iterable[str]) -> list[tuple[Any, str]]:
+    """``(layer, key)`` of every parameter named in ``names`` (ValueError for an unknown name)."""
+    refs = {name: (layer, key) for name, layer, key in model.named_parameters()}
+    names = list(names)
+    unknown = [n for n in names if n not in refs]
+    if unknown:
+        raise ValueError(f"freeze names parameters the model does not have: {unknown}")
+    return [refs[n] for n in names]
+
+
+def _train_step(model: Any, x: Any, g: Any, y: Any, train_idx: Any, optimizer: Any,
+                frozen: list[tuple[Any, str]]) -> float:
+    """One full-batch step: forward in training mode, loss, backward, frozen gradients dropped, update."""
+    from .nn import softmax_cross_entropy
+
+    logits = model.forward(x, g, training=True)
+    loss, dlogits = softmax_cross_entropy(logits, y, train_idx)
+    model.backward(dlogits)
+    for layer, key in frozen:
+        layer.grads.pop(key, None)
+    optimizer.step()
+    return loss
+
+
+def _evaluate(model: Any, x: Any, g: Any, y: Any, splits: _Splits, epoch: int, loss: float) -> EpochStats:
+    """Accuracies of an evaluation forward on every split."""
+    correct = model.forward(x, g, training=False).argmax(axis=1) == y
+    test = math.nan if splits.test is None else float(correct[splits.test].mean())
+    return EpochStats(epoch, loss, float(correct[splits.train].mean()), float(correct[splits.val].mean()), test)
+
+
+def _snapshot(model: Any) -> dict[str, Any]:
+    """Copies of every parameter (the model's ``state_dict`` holds the live arrays)."""
+    return {name: layer.params[key].copy() for name, layer, key in model.named_parameters()}
+
+
+def _restore(model: Any, state: dict[str, Any]) -> None:
+    for name, layer, key in model.named_parameters():
+        layer.params[key] = state[name].copy()
+
+
+def _log_epoch(log: TextIO, stats: EpochStats, epochs: int, best: EpochStats) -> None:
+    print(f"epoch {stats.epoch:4d}/{epochs}  loss {stats.loss:.4f}  train {stats.train:.3f}  val {stats.val:.3f}  "
+          f"test {stats.test:.3f}  (best val {best.val:.3f} at {best.epoch})", file=log, flush=True)
+
+
+def fit(model: Any, data: Any, optimizer: Any, *, epochs: int = 200, patience: int | None = None,
+        restore_best: bool = True, freeze: Iterable[str] = (), log: TextIO | None = None,
+        log_every: int = 0) -> FitResult:
+    """Train ``model`` for node classification, full batch, with an evaluation after every epoch.
+
+    Every epoch runs a training forward on the whole graph, the softmax
+    cross-entropy on the training nodes, the backward pass and one
+    ``optimizer.step()``, then an evaluation forward (``training=False``) that
+    gives the accuracies of every split. The best epoch is the first one with
+    the highest validation accuracy.
+
+    Parameters
+    ----------
+    model : sparsegat.nn.Module
+        Maps ``(x, graph)`` to logits ``(n, classes)``.
+    data : sparsegat.datasets.Dataset or similar
+        Anything with ``x`` (dense or sparse features), ``graph`` (a
+        :class:`sparsegat.CSRGraph`), ``y`` (integer labels), ``train_mask`` and
+        ``val_mask`` (boolean masks or node indices) and optionally ``test_mask``.
+        ``x``, ``graph``, ``y`` and the parameters must live on the same device
+        (NumPy or CuPy); ``x`` is used as it is (no normalisation).
+    optimizer : sparsegat.optim.Optimizer
+        Built on ``model``'s parameters.
+    epochs : int
+        Most epochs to run.
+    patience : int, optional
+        Stop after ``patience`` epochs without a better validation accuracy
+        (None: run every epoch).
+    restore_best : bool
+        Keep a copy of the parameters of the best epoch (``best_state``) and load
+        them back into ``model`` at the end.
+    freeze : iterable of str
+        Qualified names of parameters to hold fixed (``"1.att_src"``): their
+        gradients are dropped before every step.
+    log : file, optional
+        Where progress lines go (default ``sys.stderr``) when ``log_every > 0``.
+    log_every : int
+        A progress line every ``log_every`` epochs, and after the first and the
+        last (0: none).
+
+    Returns
+    -------
+    FitResult
+        The history, the best epoch's figures and state, and the wall time.
+
+    Examples
+    --------
+    >>> from sparsegat import datasets, optim
+    >>> from sparsegat.train import build_model, fit
+    >>> data = datasets.synthetic(seed=0)
+    >>> model = build_model("additive", data.num_features, data.num_classes, hidden=4, heads=2)
+    >>> opt = optim.Adam(model, lr=0.01, weight_decay=5e-4)
+    >>> result = fit(model, data, opt, epochs=30, patience=10)
+    >>> result.best.val > data.majority_accuracy(data.val_mask)
+    True
+    """
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be None or at least 1, got {patience}")
+    from .arrays import namespace
+
+    log = sys.stderr if log is None else log
+    x, g, y = data.x, data.graph, data.y
+    splits = _splits(data, namespace(y))
+    frozen = _frozen_refs(model, freeze)
+    result = FitResult()
+    t0 = time.perf_counter()
+    for epoch in range(1, int(epochs) + 1):
+        loss = _train_step(model, x, g, y, splits.train, optimizer, frozen)
+        stats = _evaluate(model, x, g, y, splits, epoch, loss)
+        result.history.append(stats)
+        if stats.val > result.best.val:
+            result.best = stats
+            if restore_best:
+                result.best_state = _snapshot(model)
+        if epoch == 1:
+            result.first_epoch_seconds = time.perf_counter() - t0
+        if log_every and (epoch % log_every == 0 or epoch == 1 or epoch == epochs):
+            _log_epoch(log, stats, epochs, result.best)
+        if patience is not None and epoch - result.best.epoch >= patience and epoch < epochs:
+            result.stopped_early = True
+            break
+    result.seconds = time.perf_counter() - t0
+    if restore_best and result.best_state is not None:
+        _restore(model, result.best_state)
+    return result
+
+
+def build_model(score: str, in_dim: int, num_classes: int, hidden: int = 8, heads: int = 8,
+                output_heads: int = 1, dropout: float = 0.6, seed: int = 0, backend: str | None = None,
+                dtype: Any = np.float32) -> Any:
+    """The two-layer network of ``sparsegat train``.
+
+    ``Dropout -> conv(in_dim, hidden x heads) -> ELU -> Dropout -> conv(heads*hidden, num_classes)``,
+    a :class:`sparsegat.nn.Sequential` whose parameters are named ``"1.*"``
+    (first attention layer) and ``"4.*"`` (output layer), as in the files of
+    ``sparsegat train --save``.
+
+    Parameters
+    ----------
+    score : str
+        ``"additive"``: :class:`~sparsegat.nn.GATConv`; ``"gatv2"``:
+        :class:`~sparsegat.nn.GATv2Conv`; ``"cosine"``, ``"dot"``,
+        ``"scaled_dot"`` or ``"euclidean"``: :class:`~sparsegat.nn.GraphAttention`
+        with that score and ``residual=False``.
+    in_dim, num_classes : int
+        Input features and output classes.
+    hidden, heads : int
+        Features per head and heads of the hidden layer (concatenated).
+    output_heads : int
+        Heads of the output layer, averaged (``concat=False``); must be 1 for
+        GraphAttention.
+    dropout : float
+        Feature dropout before each layer and attention dropout inside both.
+    seed : int
+        Seeds every layer's initialisation and dropout.
+    backend : str, optional
+        The attention backend of both layers (None: by array type).
+    dtype : float32 or float64
+
+    Returns
+    -------
+    sparsegat.nn.Sequential
+
+    Examples
+    --------
+    >>> from sparsegat.train import build_model
+    >>> model = build_model("additive", 1433, 7)
+    >>> model.num_parameters()
+    92373
+    """
+    from . import nn
+
+    # Six seeds, of which four are used (the two unused slots keep earlier models' seeds).
+    drop_in, first_seed, _, drop_hidden, last_seed, _ = (
+        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(6))
+    common = dict(dtype=dtype, backend=backend)
+    if score in ("additive", "gatv2"):
+        conv = nn.GATConv if score == "additive" else nn.GATv2Conv
+        first = conv(in_dim, hidden, heads=heads, dropout=dropout, seed=first_seed, **common)
+        last = conv(heads * hidden, num_classes, heads=output_heads, concat=False, dropout=dropout,
+                    seed=last_seed, **common)
+    else:
+        first = nn.GraphAttention(in_dim, hidden, heads=heads, score=score, residual=False, dropout=dropout,
+                                  seed=first_seed, **common)
+        last = nn.GraphAttention(heads * hidden, num_classes, heads=1, score=score, residual=False,
+                                 dropout=dropout, seed=last_seed, **common)
+    return nn.Sequential(nn.Dropout(dropout, seed=drop_in), first, nn.ELU(),
+                         nn.Dropout(dropout, seed=drop_hidden), last)
+
+
+# ---------------------------------------------------------------------- the command line
 class UsageError(Exception):
     """A bad command-line argument (exit status 2)."""
 
@@ -36,7 +317,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=(
         "Train a two-layer graph attention network for node classification on an .npz data set "
-        "(layout of shared/data/README.md) or, without --data, on a built-in synthetic graph "
+        "(layout in docs/data.md) or, without --data, on a built-in synthetic graph "
         "(a contextual stochastic block model with distractor nodes, where attention pays off). "
         "Defaults are the GAT paper's Cora recipe. Progress goes to stderr, the summary to stdout."))
     p.add_argument("--data", metavar="FILE.npz", help="data set file (default: the built-in synthetic graph)")
@@ -59,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="threads of the numba kernels (default 0: numba's default, all cores)")
     p.add_argument("--blas-threads", type=int, default=1, metavar="N",
-                   help="threads of NumPy's OpenBLAS for the small dense products (default 1; 0 leaves it alone)")
+                   help="threads of NumPy's BLAS for the small dense products (default 1; 0 leaves it alone)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON with the results on stdout")
     return p
 
@@ -88,44 +369,15 @@ def _check_args(a: argparse.Namespace) -> None:
         raise UsageError(f"--output-heads must be 1 with --score {a.score} (GraphAttention has no head averaging)")
 
 
-def build_model(score: str, in_dim: int, num_classes: int, hidden: int = 8, heads: int = 8,
-                output_heads: int = 1, dropout: float = 0.6, seed: int = 0, backend: str | None = None,
-                dtype: Any = np.float32) -> Any:
-    """``Dropout -> conv(in, hidden x heads) -> ELU -> Dropout -> conv(heads*hidden, classes)``.
-
-    ``conv`` is GATConv (``score="additive"``), GATv2Conv (``"gatv2"``) or
-    GraphAttention with that score and ``residual=False``; the output layer
-    averages its heads (``concat=False``).
-    """
-    from . import nn
-
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(6)]
-    common = dict(dtype=dtype, backend=backend)
-    if score in ("additive", "gatv2"):
-        conv = nn.GATConv if score == "additive" else nn.GATv2Conv
-        first = conv(in_dim, hidden, heads=heads, dropout=dropout, seed=seeds[1], **common)
-        last = conv(heads * hidden, num_classes, heads=output_heads, concat=False, dropout=dropout,
-                    seed=seeds[4], **common)
-    else:
-        first = nn.GraphAttention(in_dim, hidden, heads=heads, score=score, residual=False, dropout=dropout,
-                                  seed=seeds[1], **common)
-        last = nn.GraphAttention(heads * hidden, num_classes, heads=1, score=score, residual=False,
-                                 dropout=dropout, seed=seeds[4], **common)
-    return nn.Sequential(nn.Dropout(dropout, seed=seeds[0]), first, nn.ELU(),
-                         nn.Dropout(dropout, seed=seeds[3]), last)
-
-
 #: Parameters frozen at zero by --uniform-attention: every edge of a row then gets the same score.
 _UNIFORM_FREEZE = {"GATConv": ("att_src", "att_dst"), "GATv2Conv": ("att",),
                    "GraphAttention": ("W_q", "W_k", "tau")}
 
 
-def _frozen(model: Any) -> list[tuple[Any, str]]:
-    out = []
-    for _, layer, key in model.named_parameters():
-        if key in _UNIFORM_FREEZE.get(type(layer).__name__, ()):
-            out.append((layer, key))
-    return out
+def _uniform_attention_params(model: Any) -> list[str]:
+    """Qualified names of the parameters that --uniform-attention holds at zero."""
+    return [name for name, layer, key in model.named_parameters()
+            if key in _UNIFORM_FREEZE.get(type(layer).__name__, ())]
 
 
 def _non_negative(x: Any) -> bool:
@@ -141,199 +393,114 @@ def _describe_model(a: argparse.Namespace, in_dim: int, classes: int, nparams: i
             f"{'; attention frozen uniform' if a.uniform_attention else ''}; {nparams:,} parameters")
 
 
-def limit_blas_threads(n: int = 1) -> bool:
-    """Ask the OpenBLAS that NumPy loaded to use ``n`` threads; True when it could be told.
+class DistractorAttention(NamedTuple):
+    """Attention the first layer pays to distractor neighbours, and what uniform weights would pay."""
 
-    The dense products of a GAT on a graph like Cora are tiny (thousands x 64);
-    OpenBLAS's worker threads gain nothing on them but spin between calls and
-    compete with the attention kernels' own threads, and on a busy machine a
-    descheduled worker turns a 40 us product into milliseconds. Only the
-    ``sparsegat train`` process does this (a library must not change its host's
-    thread pools). Linux only (it reads /proc/self/maps); elsewhere a no-op.
-    """
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
-    except OSError:
-        return False
-    done = False
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(n))
-                done = True
-                break
-    return done
+    attention: float
+    uniform: float
 
 
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed memory for reuse; True when it could be told.
-
-    Every epoch allocates and frees the same few dozen arrays of 100 KB to 1 MB.
-    With glibc's defaults, blocks that size come from fresh ``mmap`` pages (or the
-    heap top is trimmed back to the OS) and every use starts with page faults:
-    about 15% of an epoch on Cora. Raising the mmap and trim thresholds makes
-    freed blocks get reused. Only the ``sparsegat train`` process does this (a
-    library must not change its host's allocator); elsewhere than glibc, a no-op.
-    """
-    import ctypes
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return all(mallopt(ctypes.c_int(opt), ctypes.c_int(value)) == 1
-               for opt, value in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 256 << 20),
-                                  (m_top_pad, 16 << 20)))
+def _first_attention_layer(model: Any) -> Any:
+    """The first sub-layer that keeps the attention context of its latest forward (or None)."""
+    for _, layer in model.children():
+        if hasattr(layer, "last_context"):
+            return layer
+    return None
 
 
-def distractor_attention(model: Any, data: Any) -> tuple[float, float] | None:
+def distractor_attention(model: Any, data: Any) -> DistractorAttention | None:
     """How much attention the first layer pays to distractor neighbours (synthetic data only).
 
-    Returns ``(attention, uniform)``: over the labelled nodes and the heads, the
-    mean total weight of the edges from distractors, and what uniform weights
-    would give (the mean share of distractors among the neighbours, self-loop
-    included). Reads the attention inputs the last (evaluation) forward cached.
+    Over the labelled nodes and the heads: ``attention``, the mean total weight
+    of the edges from distractors, and ``uniform``, what uniform weights would
+    give (the mean share of distractors among the neighbours, self-loop
+    included). Reads the attention inputs the last (evaluation) forward cached;
+    None without distractors or without such a forward.
     """
     from .arrays import to_numpy
     from .attention import attention_weights
 
-    if data.distractors is None:
+    layer = _first_attention_layer(model)
+    ctx = None if layer is None else layer.last_context
+    if data.distractors is None or ctx is None:
         return None
-    ctx = getattr(model[1], "last_context", None)
-    if ctx is None:
-        return None
-    spec = ctx.spec
-    w = to_numpy(attention_weights(ctx.graph, ctx.q, ctx.k, score=spec.score, att=ctx.att, tau=spec.tau,
+    spec, g = ctx.spec, ctx.graph
+    w = to_numpy(attention_weights(g, ctx.q, ctx.k, score=spec.score, att=ctx.att, tau=spec.tau,
                                    negative_slope=spec.negative_slope, backend=ctx.backend))
-    g = ctx.graph
-    indptr, indices = to_numpy(g.indptr), to_numpy(g.indices)
-    rows = np.repeat(np.arange(g.n_dst), np.diff(indptr))
-    from_distractor = data.distractors[indices]
+    rows, degrees = to_numpy(g.row_ids()), to_numpy(g.degrees())
+    from_distractor = data.distractors[to_numpy(g.indices)]
     labelled = ~data.distractors
     mass = np.bincount(rows, weights=w.mean(axis=1) * from_distractor, minlength=g.n_dst)
-    share = np.bincount(rows, weights=from_distractor, minlength=g.n_dst) / np.maximum(np.diff(indptr), 1)
-    return float(mass[labelled].mean()), float(share[labelled].mean())
+    share = np.bincount(rows, weights=from_distractor, minlength=g.n_dst) / np.maximum(degrees, 1)
+    return DistractorAttention(float(mass[labelled].mean()), float(share[labelled].mean()))
 
 
-def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, Any]:
-    """Train as the parsed arguments say; print progress to ``log`` (stderr) and the summary to ``out`` (stdout).
+class _Arrays(NamedTuple):
+    """The arrays :func:`fit` trains on, on the device of the model."""
 
-    Returns the figures that ``--json`` prints.
-    """
-    log = sys.stderr if log is None else log
-    out = sys.stdout if out is None else out
-    from . import nn, optim
-    from .backends import get_backend, select_backend
+    x: Any
+    graph: Any
+    y: Any
+    train_mask: Any
+    val_mask: Any
+    test_mask: Any
+
+
+def _load_data(a: argparse.Namespace) -> tuple[Any, Any]:
+    """``(data set, features)``: non-negative features row-normalised."""
     from .datasets import load_npz, row_normalize, synthetic
 
-    t_start = time.perf_counter()
-    # Before any parallel kernel starts OpenMP (numba's default threading layer): idle
-    # OpenMP workers sleep instead of spinning for long. Spinning workers wait out a busy
-    # core at every barrier; on a shared 2-core machine the default spin (about 3 ms in
-    # libgomp) made Cora's 300 epochs 5x slower. libgomp still spins 30000 rounds
-    # (~0.3 ms) first: a sleeping worker takes ~50 us to wake, a spinning one ~2 us, and
-    # an epoch starts a dozen parallel kernels with gaps shorter than that. Settings the
-    # user made win.
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.environ.setdefault("GOMP_SPINCOUNT", "30000")
-    if a.blas_threads:
-        limit_blas_threads(a.blas_threads)
-    keep_freed_memory()
-    if a.data is not None:
-        data = load_npz(a.data)
-    else:
-        data = synthetic(seed=a.seed)
+    data = load_npz(a.data) if a.data is not None else synthetic(seed=a.seed)
     # Row-normalise non-negative features (bag-of-words, as the paper and PyG's NormalizeFeatures);
     # signed features (the synthetic Gaussian ones) are left alone: their row sums mean nothing.
     x = row_normalize(data.x) if _non_negative(data.x) else data.x
+    return data, x
+
+
+def _choose_backend(a: argparse.Namespace) -> tuple[str, str]:
+    """``(backend, array kind)``, the backend imported (failing early, with the reason) and threaded."""
+    from ._tuning import set_numba_threads
+    from .backends import get_backend, select_backend
+
     kind = "cupy" if a.backend == "cupy" else "numpy"
     backend = select_backend(kind, a.backend)
-    get_backend(backend)  # fail early, with the reason, when it cannot be imported
+    get_backend(backend)
     if a.threads and backend == "numba":
-        import numba
+        try:
+            set_numba_threads(a.threads)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return backend, kind
 
-        if a.threads > numba.config.NUMBA_NUM_THREADS:
-            raise UsageError(f"--threads {a.threads} exceeds numba's maximum of {numba.config.NUMBA_NUM_THREADS} "
-                             f"(NUMBA_NUM_THREADS)")
-        numba.set_num_threads(a.threads)
+
+def _on_device(kind: str, data: Any, x: Any, model: Any) -> _Arrays:
+    """The training arrays on ``kind``'s device; the model moved there too."""
     g, y = data.graph, data.y
-    masks = {"train": data.train_mask, "val": data.val_mask, "test": data.test_mask}
-    model = build_model(a.score, data.num_features, data.num_classes, a.hidden, a.heads, a.output_heads,
-                        a.dropout, a.seed, backend)
-    frozen = _frozen(model) if a.uniform_attention else []
-    for layer, key in frozen:
-        layer.params[key][...] = 0
-    xp = np
     if kind == "cupy":
         import cupy
         import cupyx.scipy.sparse as csp
 
-        xp = cupy
         x = csp.csr_matrix(x) if data.features_sparse else cupy.asarray(x)
         g, y = g.to("cupy"), cupy.asarray(y)
         model.to("cupy")
-    idx = {k: xp.asarray(np.flatnonzero(m)) for k, m in masks.items()}
-    opt = optim.Adam(model, lr=a.lr, weight_decay=a.weight_decay)
-    print(f"data      {data.describe()}", file=out)
-    print(f"model     {_describe_model(a, data.num_features, data.num_classes, model.num_parameters())}", file=out)
-    print(f"optimizer Adam lr {a.lr:g}, weight decay {a.weight_decay:g}; backend {backend}; seed {a.seed}", file=out)
-    out.flush()
+    return _Arrays(x, g, y, data.train_mask, data.val_mask, data.test_mask)
 
-    best = {"val": -1.0, "test": 0.0, "train": 0.0, "epoch": 0}
-    best_params: dict[str, Any] | None = None
-    t0 = time.perf_counter()
-    first_epoch_s = 0.0
-    loss = float("nan")
-    for epoch in range(1, a.epochs + 1):
-        logits = model.forward(x, g, training=True)
-        loss, dlogits = nn.softmax_cross_entropy(logits, y, idx["train"])
-        model.backward(dlogits)
-        for layer, key in frozen:
-            layer.grads.pop(key, None)
-        opt.step()
-        correct = model.forward(x, g, training=False).argmax(axis=1) == y
-        acc = {k: float(correct[i].mean()) for k, i in idx.items()}
-        if acc["val"] > best["val"]:
-            best = {"val": acc["val"], "test": acc["test"], "train": acc["train"], "epoch": epoch}
-            if a.save:
-                best_params = {n: layer.params[key].copy() for n, layer, key in model.named_parameters()}
-        if epoch == 1:
-            first_epoch_s = time.perf_counter() - t0
-        if a.log_every and (epoch % a.log_every == 0 or epoch == 1 or epoch == a.epochs):
-            print(f"epoch {epoch:4d}/{a.epochs}  loss {loss:.4f}  train {acc['train']:.3f}  val {acc['val']:.3f}  "
-                  f"test {acc['test']:.3f}  (best val {best['val']:.3f} at {best['epoch']})", file=log, flush=True)
-    train_seconds = time.perf_counter() - t0
-    if a.save and best_params is not None:
-        for n, layer, key in model.named_parameters():
-            layer.params[key] = best_params[n]
-        nn.save_params(model, a.save)
 
-    majority = data.majority_accuracy()
-    distract = distractor_attention(model, data)
+def _summary(a: argparse.Namespace, data: Any, fitted: FitResult, backend: str,
+             distract: DistractorAttention | None, t_start: float) -> dict[str, Any]:
+    """The figures that ``--json`` prints (``total_seconds``: since ``t_start``, a ``perf_counter`` time)."""
+    best, last = fitted.best, fitted.last
     result = {
-        "test_accuracy": best["test"],
-        "val_accuracy": best["val"],
-        "best_epoch": best["epoch"],
-        "final_test_accuracy": acc["test"],
-        "final_val_accuracy": acc["val"],
-        "final_train_loss": loss,
-        "majority_test_accuracy": majority,
+        "test_accuracy": best.test,
+        "val_accuracy": best.val,
+        "best_epoch": best.epoch,
+        "final_test_accuracy": last.test,
+        "final_val_accuracy": last.val,
+        "final_train_loss": last.loss,
+        "majority_test_accuracy": data.majority_accuracy(),
         "epochs": a.epochs,
-        "train_seconds": train_seconds,
-        "first_epoch_seconds": first_epoch_s,
+        "train_seconds": fitted.seconds,
+        "first_epoch_seconds": fitted.first_epoch_seconds,
         "total_seconds": time.perf_counter() - t_start,
         "backend": backend,
         "score": a.score,
@@ -344,17 +511,59 @@ def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, An
         "num_edges": data.graph.nnz,
     }
     if distract is not None:
-        result["distractor_attention"], result["distractor_share"] = distract
-    print(f"result    test accuracy {best['test']:.3f} at the best validation epoch {best['epoch']} "
-          f"(val {best['val']:.3f}); last epoch: val {acc['val']:.3f}, test {acc['test']:.3f}", file=out)
+        result["distractor_attention"], result["distractor_share"] = distract.attention, distract.uniform
+    return result
+
+
+def _print_summary(a: argparse.Namespace, fitted: FitResult, majority: float,
+                   distract: DistractorAttention | None, out: TextIO) -> None:
+    best, last, seconds = fitted.best, fitted.last, fitted.seconds
+    print(f"result    test accuracy {best.test:.3f} at the best validation epoch {best.epoch} "
+          f"(val {best.val:.3f}); last epoch: val {last.val:.3f}, test {last.test:.3f}", file=out)
     print(f"baseline  majority class {majority:.3f} on the test nodes", file=out)
     if distract is not None:
-        print(f"attention the first layer gives {100 * distract[0]:.0f}% of its weight to distractor neighbours; "
-              f"uniform weights would give them {100 * distract[1]:.0f}%", file=out)
-    print(f"time      {a.epochs} epochs in {train_seconds:.2f} s ({1000 * train_seconds / a.epochs:.1f} ms per "
-          f"epoch with its evaluation; the first took {first_epoch_s:.2f} s)", file=out)
+        print(f"attention the first layer gives {100 * distract.attention:.0f}% of its weight to distractor "
+              f"neighbours; uniform weights would give them {100 * distract.uniform:.0f}%", file=out)
+    print(f"time      {a.epochs} epochs in {seconds:.2f} s ({1000 * seconds / a.epochs:.1f} ms per "
+          f"epoch with its evaluation; the first took {fitted.first_epoch_seconds:.2f} s)", file=out)
     if a.save:
-        print(f"saved     parameters of epoch {best['epoch']} to {a.save}", file=out)
+        print(f"saved     parameters of epoch {best.epoch} to {a.save}", file=out)
+
+
+def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, Any]:
+    """Train as the parsed arguments say; print progress to ``log`` (stderr) and the summary to ``out`` (stdout).
+
+    Tunes the process first (see :mod:`sparsegat._tuning`). Returns the figures that ``--json`` prints.
+    """
+    from . import nn, optim
+    from ._tuning import tune_process
+
+    log = sys.stderr if log is None else log
+    out = sys.stdout if out is None else out
+    t_start = time.perf_counter()
+    for note in tune_process(a.blas_threads).notes:
+        print(f"note      {note}", file=log)
+    data, x = _load_data(a)
+    backend, kind = _choose_backend(a)
+    model = build_model(a.score, data.num_features, data.num_classes, a.hidden, a.heads, a.output_heads,
+                        a.dropout, a.seed, backend)
+    frozen = _uniform_attention_params(model) if a.uniform_attention else []
+    for layer, key in _frozen_refs(model, frozen):
+        layer.params[key][...] = 0
+    arrays = _on_device(kind, data, x, model)
+    opt = optim.Adam(model, lr=a.lr, weight_decay=a.weight_decay)
+    print(f"data      {data.describe()}", file=out)
+    print(f"model     {_describe_model(a, data.num_features, data.num_classes, model.num_parameters())}", file=out)
+    print(f"optimizer Adam lr {a.lr:g}, weight decay {a.weight_decay:g}; backend {backend}; seed {a.seed}", file=out)
+    out.flush()
+
+    fitted = fit(model, arrays, opt, epochs=a.epochs, restore_best=bool(a.save), freeze=frozen, log=log,
+                 log_every=a.log_every)
+    if a.save:
+        nn.save_params(model, a.save)
+    distract = distractor_attention(model, data)
+    result = _summary(a, data, fitted, backend, distract, t_start)
+    _print_summary(a, fitted, result["majority_test_accuracy"], distract, out)
     return result
 
 

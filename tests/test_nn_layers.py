@@ -210,6 +210,36 @@ def test_self_loop_graph_is_cached(graph):
     assert b.shape == (4, 6) and all(dense[i, i] == 1 for i in range(4))
 
 
+def test_self_loops_come_from_the_graph(graph):
+    """A square graph's self-loop version is CSRGraph.with_self_loops (one place adds loops);
+    a bipartite graph keeps its edges and gains exactly the loops (i, i), i < n_dst."""
+    a, b = nn.graph_with_self_loops(graph), graph.with_self_loops()
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    g = random_graph(4, 6, 0.5, seed=1, empty_row=True)
+    loops = nn.graph_with_self_loops(g).to_scipy().toarray()
+    expected = g.to_scipy().toarray()
+    expected[np.arange(4), np.arange(4)] = 1
+    np.testing.assert_array_equal(loops, expected)
+    assert nn.graph_with_self_loops(g).index_dtype == g.index_dtype
+
+
+@pytest.mark.parametrize("make", [lambda: nn.GATConv(4, 3, heads=2), lambda: nn.GATv2Conv(4, 3, heads=2),
+                                  lambda: nn.GraphAttention(4, 3, heads=2, residual=False)])
+def test_attention_layers_backward_before_forward(make):
+    layer = make()
+    with pytest.raises(RuntimeError, match=f"{type(layer).__name__}.backward called before forward"):
+        layer.backward(np.zeros((3, 6)))
+
+
+def test_softmax_cross_entropy_returns_a_record():
+    logits, labels = np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([0, 1])
+    res = nn.softmax_cross_entropy(logits, labels)
+    assert isinstance(res, nn.LossAndGrad)
+    loss, dlogits = res
+    assert res.loss == loss and res.dlogits is dlogits and dlogits.shape == (2, 2)
+
+
 def test_gatconv_bad_inputs(graph, x):
     layer = nn.GATConv(4, 3)
     with pytest.raises(ValueError, match="input features"):

@@ -26,11 +26,11 @@ def test_import_is_light_and_subpackages_load_on_first_use():
         import sys
         import sparsegat as sg
         heavy = [m for m in ("numba", "cupy", "torch", "jax", "dask", "scipy", "sparsegat.nn",
-                             "sparsegat.optim", "sparsegat.datasets") if m in sys.modules]
+                             "sparsegat.optim", "sparsegat.datasets", "sparsegat.train") if m in sys.modules]
         assert not heavy, heavy
-        assert {"nn", "optim", "datasets"} <= set(dir(sg))
+        assert {"nn", "optim", "datasets", "train"} <= set(dir(sg))
         assert sg.nn.GATConv.__name__ == "GATConv" and sg.optim.Adam.__name__ == "Adam"
-        assert callable(sg.datasets.load_npz)
+        assert callable(sg.datasets.load_npz) and callable(sg.train.fit)
         assert "numba" not in sys.modules  # building no layer yet compiles nothing
         for name in sg.__all__:
             getattr(sg, name)

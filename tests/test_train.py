@@ -6,16 +6,12 @@ import json
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sparsegat import cli, datasets, nn, train
-
-CORA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cora.npz"
-needs_cora = pytest.mark.skipif(not CORA.exists(), reason=f"{CORA} not found (CI has ../shared beside the clone)")
+from sparsegat import cli, datasets, nn, optim, train
 
 
 def run_cli(capsys, *args):
@@ -29,7 +25,7 @@ def last_json(out: str) -> dict:
 
 
 def write_dataset(path, n=60, classes=3, sparse=True, seed=0, **overrides):
-    """A small valid data file in the shared layout; ``overrides`` replace or (None) drop keys."""
+    """A small valid data file in the layout of docs/data.md; ``overrides`` replace or (None) drop keys."""
     ds = datasets.synthetic(num_nodes=n, num_classes=classes, num_features=6, flag_features=1, train_per_class=3,
                             num_val=10, num_test=20, distractors=0.0, seed=seed)
     g = ds.graph
@@ -124,9 +120,8 @@ def test_load_npz_rejects_non_archives(tmp_path):
         datasets.load_npz(tmp_path)
 
 
-@needs_cora
-def test_cora_file():
-    ds = datasets.load_npz(CORA)
+def test_cora_file(cora_path):
+    ds = datasets.load_npz(cora_path)
     assert (ds.num_nodes, ds.num_features, ds.num_classes, ds.graph.nnz) == (2708, 1433, 7, 10556)
     assert ds.features_sparse
     assert (ds.train_mask.sum(), ds.val_mask.sum(), ds.test_mask.sum()) == (140, 500, 1000)
@@ -242,9 +237,8 @@ def test_synthetic_default_run_learns_and_attention_helps(capsys):
     assert "distractor neighbours" in out
 
 
-@needs_cora
-def test_cora_short_run(capsys):
-    rc, out, err = run_cli(capsys, "--data", str(CORA), "--epochs", "100", "--json", "--log-every", "0")
+def test_cora_short_run(capsys, cora_path):
+    rc, out, err = run_cli(capsys, "--data", str(cora_path), "--epochs", "100", "--json", "--log-every", "0")
     assert rc == 0
     res = last_json(out)
     assert res["majority_test_accuracy"] == pytest.approx(0.319)
@@ -255,6 +249,117 @@ def test_cora_short_run(capsys):
                     reason="mallopt tuning applies to glibc only")
 def test_keep_freed_memory_is_accepted_by_glibc():
     """glibc accepts all three malloc settings (mallopt returns 1 for each)."""
-    from sparsegat.train import keep_freed_memory
+    from sparsegat._tuning import keep_freed_memory
 
     assert keep_freed_memory() is True
+
+
+# ---------------------------------------------------------------------- process tuning
+def test_quiet_openmp_workers_respects_user_settings():
+    from sparsegat._tuning import quiet_openmp_workers
+
+    env: dict[str, str] = {}
+    assert quiet_openmp_workers(env) is True
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "30000"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert quiet_openmp_workers(env) is False and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    env = {"GOMP_SPINCOUNT": "5"}
+    assert quiet_openmp_workers(env) is True and env == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "5"}
+
+
+def test_limit_blas_threads_uses_threadpoolctl():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from sparsegat._tuning import limit_blas_threads
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("no BLAS library that threadpoolctl can control")
+    with threadpoolctl.threadpool_limits(limits=None):  # restores the original limits on exit
+        assert limit_blas_threads(1) is True
+        assert blas_threads() and set(blas_threads()) == {1}
+
+
+def test_tuning_without_threadpoolctl_is_a_noop_with_a_note(monkeypatch, capsys, tmp_path):
+    from sparsegat import _tuning
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import threadpoolctl raises ImportError
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert _tuning.limit_blas_threads(1) is False
+    tuning = _tuning.tune_process(blas_threads=1)
+    assert tuning.blas_threads is None and tuning.openmp_passive is False
+    assert tuning.notes == (_tuning.NO_THREADPOOLCTL,) and "threadpoolctl is not installed" in tuning.notes[0]
+    assert _tuning.tune_process(blas_threads=0).notes == ()  # not asked for: nothing to say
+    # the command still trains, and says why the BLAS threads were left alone
+    path = write_dataset(tmp_path / "d.npz")
+    rc, out, err = run_cli(capsys, "--data", str(path), "--epochs", "1", "--backend", "numpy", "--log-every", "0")
+    assert rc == 0 and "threadpoolctl is not installed" in err and "test accuracy" in out
+
+
+# ---------------------------------------------------------------------- fit()
+def small_problem(seed=0):
+    data = datasets.synthetic(num_nodes=300, num_classes=3, num_features=8, flag_features=1, train_per_class=10,
+                              num_val=60, num_test=120, distractors=0.0, signal=2.0, seed=seed)
+    model = train.build_model("additive", data.num_features, data.num_classes, hidden=4, heads=2, dropout=0.2,
+                              seed=seed, backend="numpy")
+    return data, model, optim.Adam(model, lr=0.01, weight_decay=5e-4)
+
+
+def val_accuracy(model, data):
+    return nn.accuracy(model.forward(data.x, data.graph, training=False), data.y, data.val_mask)
+
+
+def test_fit_learns_a_small_synthetic_problem(capsys):
+    data, model, opt = small_problem()
+    res = train.fit(model, data, opt, epochs=60, log_every=20)
+    assert isinstance(res, train.FitResult) and len(res.history) == 60 and not res.stopped_early
+    assert [s.epoch for s in res.history] == list(range(1, 61)) and res.last is res.history[-1]
+    assert res.best.val == max(s.val for s in res.history)
+    assert res.best.epoch == min(s.epoch for s in res.history if s.val == res.best.val)  # the first best
+    majority = data.majority_accuracy()
+    assert res.best.test > majority + 0.3, (res.best, majority)
+    assert res.history[-1].loss < res.history[0].loss
+    assert res.seconds >= res.first_epoch_seconds > 0
+    err = capsys.readouterr().err
+    assert [line.split()[1] for line in err.splitlines()] == ["1/60", "20/60", "40/60", "60/60"]
+    # the model holds the best state (copies: training further does not change the record)
+    assert val_accuracy(model, data) == pytest.approx(res.best.val)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, res.best_state[name])
+        assert value is not res.best_state[name]
+
+
+def test_fit_early_stopping_restores_the_best_state():
+    data, model, opt = small_problem()
+    res = train.fit(model, data, opt, epochs=200, patience=5)
+    assert res.stopped_early and len(res.history) == res.best.epoch + 5 < 200
+    assert res.last.val <= res.best.val
+    assert val_accuracy(model, data) == pytest.approx(res.best.val)
+    # the same run without restoring ends in the last epoch's state, which differs from the best
+    data2, model2, opt2 = small_problem()
+    res2 = train.fit(model2, data2, opt2, epochs=200, patience=5, restore_best=False)
+    assert res2.best_state is None and res2.history == res.history  # deterministic
+    assert val_accuracy(model2, data2) == pytest.approx(res.last.val)
+    assert any(not np.array_equal(v, res.best_state[k]) for k, v in model2.state_dict().items())
+
+
+def test_fit_freeze_and_arguments():
+    data, model, opt = small_problem()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    train.fit(model, data, opt, epochs=3, freeze=["1.att_src", "4.W"], restore_best=False)
+    after = model.state_dict()
+    assert np.array_equal(after["1.att_src"], before["1.att_src"]) and np.array_equal(after["4.W"], before["4.W"])
+    assert not np.array_equal(after["1.W"], before["1.W"])
+    with pytest.raises(ValueError, match="epochs"):
+        train.fit(model, data, opt, epochs=0)
+    with pytest.raises(ValueError, match="patience"):
+        train.fit(model, data, opt, patience=0)
+    with pytest.raises(ValueError, match="nope"):
+        train.fit(model, data, opt, freeze=["nope"])
+
+
+def test_build_model_layout():
+    model = train.build_model("gatv2", 10, 3, hidden=2, heads=2)
+    assert [type(layer).__name__ for layer in model] == ["Dropout", "GATv2Conv", "ELU", "Dropout", "GATv2Conv"]
+    assert all(name.split(".")[0] in ("1", "4") for name in model.state_dict())

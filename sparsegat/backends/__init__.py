@@ -17,6 +17,19 @@ from typing import Any, Callable, Iterable
 
 from ..arrays import array_kind
 
+__all__ = [
+    "BACKEND_FUNCTIONS",
+    "OPTIONAL_FUNCTIONS",
+    "BACKEND_NAMES",
+    "ENV_VAR",
+    "is_available",
+    "available_backends",
+    "get_backend",
+    "select_backend",
+    "array_kind_of",
+    "optional_function",
+]
+
 #: The function set every backend implements, name for name.
 BACKEND_FUNCTIONS = ("forward", "backward", "weights")
 #: Dense helpers of the layers and optimizers that a backend may implement (see

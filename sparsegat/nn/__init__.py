@@ -5,12 +5,22 @@ backend: NumPy or CuPy), ``forward(x, g, training=...)`` and
 ``backward(dy) -> dx``. See ``docs/nn.md``.
 """
 
-from .gat import GATConv, GATv2Conv, GraphAttention, graph_with_self_loops
-from .init import glorot
-from .layers import ELU, Dropout, Linear, ReLU, Sequential
-from .loss import accuracy, softmax_cross_entropy
-from .module import Module
-from .params import load_params, save_params
+from .gat import GATConv as GATConv
+from .gat import GATv2Conv as GATv2Conv
+from .gat import GraphAttention as GraphAttention
+from .gat import graph_with_self_loops as graph_with_self_loops
+from .init import glorot as glorot
+from .layers import ELU as ELU
+from .layers import Dropout as Dropout
+from .layers import Linear as Linear
+from .layers import ReLU as ReLU
+from .layers import Sequential as Sequential
+from .loss import LossAndGrad as LossAndGrad
+from .loss import accuracy as accuracy
+from .loss import softmax_cross_entropy as softmax_cross_entropy
+from .module import Module as Module
+from .params import load_params as load_params
+from .params import save_params as save_params
 
 __all__ = [
     "Module",
@@ -24,6 +34,7 @@ __all__ = [
     "GraphAttention",
     "graph_with_self_loops",
     "softmax_cross_entropy",
+    "LossAndGrad",
     "accuracy",
     "save_params",
     "load_params",

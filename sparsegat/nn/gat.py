@@ -9,7 +9,7 @@ with a handful of dense array operations of the input's array library.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,25 +29,9 @@ GRAPH_ATTENTION_SCORES = ("cosine", "dot", "scaled_dot", "euclidean")
 
 
 def graph_with_self_loops(g: CSRGraph) -> CSRGraph:
-    """``g`` with every missing ``(i, i)`` edge added, built once and cached on ``g``.
-
-    For a non-square graph ``(n_dst, n_src)`` the loops ``(i, i)`` for
-    ``i < min(n_dst, n_src)`` are added, as PyG does for a bipartite pair.
-    """
-    if g.shape[0] == g.shape[1]:
-        return g.cached(SELF_LOOPS_KEY, g.with_self_loops)
-
-    def build() -> CSRGraph:
-        from ..arrays import to_numpy
-
-        indptr, indices = to_numpy(g.indptr), to_numpy(g.indices)
-        rows = np.repeat(np.arange(g.n_dst, dtype=np.int64), np.diff(indptr))
-        loops = np.arange(min(g.shape), dtype=np.int64)
-        out = CSRGraph.from_edge_index(np.concatenate([indices, loops]), np.concatenate([rows, loops]),
-                                       num_src=g.n_src, num_dst=g.n_dst, index_dtype=g.index_dtype)
-        return out.to(g.device)
-
-    return g.cached(SELF_LOOPS_KEY, build)
+    """``g.with_self_loops()`` (for a non-square graph the loops ``i < min(n_dst, n_src)``,
+    as PyG does for a bipartite pair), built once and cached on ``g``."""
+    return g.cached(SELF_LOOPS_KEY, g.with_self_loops)
 
 
 def _block_diag(xp: Any, att: Any) -> Any:
@@ -63,6 +47,47 @@ def _block_diag_part(xp: Any, M: Any, H: int, C: int, col0: int) -> Any:
     """The ``(H, C)`` diagonal blocks of columns ``col0 .. col0+H`` of an ``(H*C, ...)`` matrix."""
     idx = xp.arange(H)
     return xp.ascontiguousarray(M.reshape(H, C, -1)[idx, :, col0 + idx])
+
+
+class _Input(NamedTuple):
+    """A layer input checked against the graph."""
+
+    x: Any          #: the input in the layer's dtype (sparse inputs as CSR)
+    kind: str       #: "numpy" or "cupy"
+    sparse: bool    #: a scipy/cupyx sparse matrix (no gradient flows into it)
+    x_dst: Any      #: its first n_dst rows: the destination nodes
+
+
+class _GATCache(NamedTuple):
+    """What GATConv.backward needs from its forward."""
+
+    inp: _Input
+    h: Any          #: x @ W, (n_src, heads*out_dim)
+    ctx: Any        #: the operator's context
+    A: Any          #: [A_src | A_dst], the block-diagonal attention vectors (heads*out_dim, 2*heads)
+    W: Any
+
+
+class _GATv2Cache(NamedTuple):
+    """What GATv2Conv.backward needs from its forward."""
+
+    inp: _Input
+    ctx: Any
+    W_src: Any
+    W_dst: Any      #: None with share_weights=True
+
+
+class _StreamsCache(NamedTuple):
+    """What GraphAttention.backward needs from its forward."""
+
+    q: _Input       #: the input of each stream (the same one three times for a single array)
+    k: _Input
+    v: _Input
+    single: bool    #: one array fed all three streams
+    ctx: Any
+    W_q: Any
+    W_k: Any
+    W_v: Any
 
 
 class _AttentionLayer(Module):
@@ -92,8 +117,8 @@ class _AttentionLayer(Module):
             return self.dropout, int(self._rng.integers(0, 2**63))
         return 0.0, None
 
-    def _inputs(self, x: Any, g2: CSRGraph, in_dim: int) -> tuple[Any, str, bool, Any]:
-        """``(x, kind, sparse, x_dst)``: x checked against the graph; ``x_dst`` = its first n_dst rows."""
+    def _inputs(self, x: Any, g2: CSRGraph, in_dim: int) -> _Input:
+        """``x`` checked against the graph, with its kind, sparsity and destination rows."""
         kind = input_kind(x)
         x, sparse = as_input(x, self.dtype)
         n_dst, n_src = g2.shape
@@ -107,11 +132,15 @@ class _AttentionLayer(Module):
             raise ValueError(f"{type(self).__name__} takes the first n_dst rows of x as the destination "
                              f"nodes, so it needs n_dst <= n_src; got graph shape {g2.shape}")
         x_dst = x if n_dst == n_src else x[:n_dst]
-        return x, kind, sparse, x_dst
+        return _Input(x, kind, sparse, x_dst)
 
-    def _check_dy(self, dy: Any, shape: tuple[int, ...]) -> Any:
+    def _cached(self) -> Any:
+        """The cache of the latest forward (RuntimeError before any)."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._cache
+
+    def _check_dy(self, dy: Any, shape: tuple[int, ...]) -> Any:
         if tuple(dy.shape) != shape:
             raise ValueError(f"{type(self).__name__}.backward: dy must have shape {shape}, got {tuple(dy.shape)}")
         if dy.dtype != self.dtype:
@@ -228,7 +257,8 @@ class GATConv(_HeadsLayer):
 
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
         g2 = self._graph(g)
-        x, kind, sparse, x_dst = self._inputs(x, g2, self.in_dim)
+        inp = self._inputs(x, g2, self.in_dim)
+        x, kind = inp.x, inp.kind
         xp = namespace(kind)
         n_dst, n_src = g2.shape
         H, C = self.heads, self.out_dim
@@ -249,12 +279,12 @@ class GATConv(_HeadsLayer):
                                      negative_slope=self.negative_slope, dropout=p, seed=seed,
                                      backend=self.backend)
         self.last_context = ctx
-        self._cache = (x, sparse, x_dst, h, ctx, A, W)
-        return self._output(out, x_dst, kind)
+        self._cache = _GATCache(inp, h, ctx, A, W)
+        return self._output(out, inp.x_dst, kind)
 
     def backward(self, dy: Any) -> Any:
-        x, sparse, x_dst, h, ctx, A, W = self._cache or (None,) * 7
-        n_dst, n_src = ctx.graph.shape if ctx is not None else (0, 0)
+        inp, h, ctx, A, W = self._cached()
+        n_dst, n_src = ctx.graph.shape
         dy = self._check_dy(dy, (n_dst, self.total_out))
         xp = namespace(dy)
         H, C = self.heads, self.out_dim
@@ -271,9 +301,9 @@ class GATConv(_HeadsLayer):
             dh[:n_dst] += gr.q @ A[:, H:].T
             self.grads["att_src"] = _block_diag_part(xp, h.T @ gr.k, H, C, 0)
             self.grads["att_dst"] = _block_diag_part(xp, h[:n_dst].T @ gr.q, H, C, 0)
-        self.grads["W"] = sparse_t_matmul(x, dh)
-        dx = None if sparse or not self.input_grad else dh @ W.T
-        return self._residual_backward(x_dst, dy, dx)
+        self.grads["W"] = sparse_t_matmul(inp.x, dh)
+        dx = None if inp.sparse or not self.input_grad else dh @ W.T
+        return self._residual_backward(inp.x_dst, dy, dx)
 
 
 class GATv2Conv(_HeadsLayer):
@@ -320,7 +350,8 @@ class GATv2Conv(_HeadsLayer):
 
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
         g2 = self._graph(g)
-        x, kind, sparse, x_dst = self._inputs(x, g2, self.in_dim)
+        inp = self._inputs(x, g2, self.in_dim)
+        x, kind, x_dst = inp.x, inp.kind, inp.x_dst
         n_dst, n_src = g2.shape
         H, C = self.heads, self.out_dim
         W_src = self._param("W_src", kind)
@@ -343,12 +374,13 @@ class GATv2Conv(_HeadsLayer):
                                      negative_slope=self.negative_slope, dropout=p, seed=seed,
                                      backend=self.backend)
         self.last_context = ctx
-        self._cache = (x, sparse, x_dst, ctx, W_src, W_dst)
+        self._cache = _GATv2Cache(inp, ctx, W_src, W_dst)
         return self._output(out, x_dst, kind)
 
     def backward(self, dy: Any) -> Any:
-        x, sparse, x_dst, ctx, W_src, W_dst = self._cache or (None,) * 6
-        n_dst, n_src = ctx.graph.shape if ctx is not None else (0, 0)
+        inp, ctx, W_src, W_dst = self._cached()
+        x, x_dst = inp.x, inp.x_dst
+        n_dst, n_src = ctx.graph.shape
         dy = self._check_dy(dy, (n_dst, self.total_out))
         H, C = self.heads, self.out_dim
         gr = attention_backward(ctx, self._operator_dout(dy, n_dst))
@@ -361,7 +393,7 @@ class GATv2Conv(_HeadsLayer):
         self.grads["W_src"] = sparse_t_matmul(x, dxl)
         if self.has_bias:
             self.grads["b_src"] = dxl.sum(axis=0)
-        dx = None if sparse or not self.input_grad else dxl @ W_src.T
+        dx = None if inp.sparse or not self.input_grad else dxl @ W_src.T
         if not self.share_weights:
             self.grads["W_dst"] = sparse_t_matmul(x_dst, dxr)
             if self.has_bias:
@@ -381,7 +413,7 @@ class GraphAttention(_AttentionLayer):
     ``(n, heads, out_dim)``; the attention output (the *context*)
     ``c_i = sum_j a_ij v_j`` with ``a`` the softmax over ``i``'s incoming edges of
     the score ``score`` (``cosine``, ``dot``, ``scaled_dot`` or ``euclidean``, see
-    DESIGN section 3), flattened to ``(n, heads*out_dim)``.
+    ``docs/contract.md``), flattened to ``(n, heads*out_dim)``.
 
     * ``residual=False``: returns ``c``.
     * ``residual=True`` (the default, the seed's update): returns the tuple
@@ -431,12 +463,8 @@ class GraphAttention(_AttentionLayer):
             return float(self.params["tau"].reshape(-1)[0])
         return self.tau
 
-    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
-        g2 = self._graph(g)
-        n_dst, n_src = g2.shape
-        if self.residual and n_dst != n_src:
-            raise ValueError(f"GraphAttention(residual=True) adds each node's context to its own q, k, v, "
-                             f"so it needs a square graph; got shape {g2.shape}")
+    def _streams(self, x: Any, g2: CSRGraph) -> tuple[list[_Input], bool]:
+        """The checked inputs of the q, k and v streams, and whether one array feeds all three."""
         if isinstance(x, tuple):
             if len(x) != 3:
                 raise ValueError(f"GraphAttention takes one array or a tuple (x_q, x_k, x_v), got a tuple of {len(x)}")
@@ -445,14 +473,23 @@ class GraphAttention(_AttentionLayer):
         else:
             streams = [self._inputs(x, g2, self.in_dim)] * 3
             single = True
-        kind = streams[0][1]
-        if any(s[1] != kind for s in streams):
+        if any(s.kind != streams[0].kind for s in streams):
             raise TypeError("GraphAttention: x_q, x_k and x_v must all be NumPy or all be CuPy arrays")
+        return streams, single
+
+    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+        g2 = self._graph(g)
+        n_dst, n_src = g2.shape
+        if self.residual and n_dst != n_src:
+            raise ValueError(f"GraphAttention(residual=True) adds each node's context to its own q, k, v, "
+                             f"so it needs a square graph; got shape {g2.shape}")
+        (sq, sk, sv), single = self._streams(x, g2)
+        kind = sq.kind
         H, C = self.heads, self.out_dim
         Wq, Wk, Wv = (self._param(n, kind) for n in ("W_q", "W_k", "W_v"))
-        q = sparse_dense_matmul(streams[0][3], Wq, self.backend)
-        k = sparse_dense_matmul(streams[1][0], Wk, self.backend)
-        v = sparse_dense_matmul(streams[2][0], Wv, self.backend)
+        q = sparse_dense_matmul(sq.x_dst, Wq, self.backend)
+        k = sparse_dense_matmul(sk.x, Wk, self.backend)
+        v = sparse_dense_matmul(sv.x, Wv, self.backend)
         p, seed = self._attention_dropout(training)
         tau = self._tau() if self.uses_tau else 1.0
         out, ctx = attention_forward(g2, q.reshape(n_dst, H, C), k.reshape(n_src, H, C),
@@ -460,47 +497,52 @@ class GraphAttention(_AttentionLayer):
                                      seed=seed, backend=self.backend)
         self.last_context = ctx
         c = out.reshape(n_dst, H * C)
-        self._cache = (streams, single, ctx, Wq, Wk, Wv)
+        self._cache = _StreamsCache(sq, sk, sv, single, ctx, Wq, Wk, Wv)
         if self.residual:
             return (q + c, k + c, v + c)
         return c
 
+    def _context_grad(self, dy: Any, shape: tuple[int, int]) -> tuple[Any, list[Any]]:
+        """``(dc, direct)``: the gradient of the context, and of each stream's residual path (or None)."""
+        if not self.residual:
+            return self._check_dy(dy, shape), [None, None, None]
+        if not isinstance(dy, tuple) or len(dy) != 3:
+            raise ValueError("GraphAttention(residual=True).backward takes a tuple (dq, dk, dv) "
+                             "like its output")
+        direct = [None if d is None else self._check_dy(d, shape) for d in dy]
+        present = [d for d in direct if d is not None]
+        if not present:
+            raise ValueError("GraphAttention.backward: every gradient of the tuple is None")
+        dc = present[0].copy()
+        for d in present[1:]:
+            dc += d
+        return dc, direct
+
     def backward(self, dy: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError("GraphAttention.backward called before forward")
-        streams, single, ctx, Wq, Wk, Wv = self._cache
-        n_dst, n_src = ctx.graph.shape
+        c = self._cached()
+        n_dst, n_src = c.ctx.graph.shape
         H, C = self.heads, self.out_dim
-        shape = (n_dst, H * C)
-        if self.residual:
-            if not isinstance(dy, tuple) or len(dy) != 3:
-                raise ValueError("GraphAttention(residual=True).backward takes a tuple (dq, dk, dv) "
-                                 "like its output")
-            parts = [None if d is None else self._check_dy(d, shape) for d in dy]
-            present = [d for d in parts if d is not None]
-            if not present:
-                raise ValueError("GraphAttention.backward: every gradient of the tuple is None")
-            dc = present[0].copy()
-            for d in present[1:]:
-                dc += d
-        else:
-            dc = self._check_dy(dy, shape)
-            parts = [None, None, None]
-        gr = attention_backward(ctx, dc.reshape(n_dst, H, C))
+        dc, direct = self._context_grad(dy, (n_dst, H * C))
+        gr = attention_backward(c.ctx, dc.reshape(n_dst, H, C))
         dq = gr.q.reshape(n_dst, H * C)
         dk = gr.k.reshape(n_src, H * C)
         dv = gr.v.reshape(n_src, H * C)
-        for d, extra in ((dq, parts[0]), (dk, parts[1]), (dv, parts[2])):
+        for d, extra in zip((dq, dk, dv), direct):
             if extra is not None:
                 d += extra
         if "tau" in self.params:
             self.grads["tau"] = gr.tau.reshape(1).astype(self.dtype)
-        self.grads["W_q"] = sparse_t_matmul(streams[0][3], dq)
-        self.grads["W_k"] = sparse_t_matmul(streams[1][0], dk)
-        self.grads["W_v"] = sparse_t_matmul(streams[2][0], dv)
+        self.grads["W_q"] = sparse_t_matmul(c.q.x_dst, dq)
+        self.grads["W_k"] = sparse_t_matmul(c.k.x, dk)
+        self.grads["W_v"] = sparse_t_matmul(c.v.x, dv)
+        return self._input_grads(c, dq, dk, dv)
 
-        def back(stream: Any, d: Any, W: Any, dst_only: bool) -> Any:
-            if stream[2] or not self.input_grad:  # sparse input: no gradient
+    def _input_grads(self, c: _StreamsCache, dq: Any, dk: Any, dv: Any) -> Any:
+        """The gradient of the input (one array, or one per stream; None for sparse inputs)."""
+        n_dst, n_src = c.ctx.graph.shape
+
+        def back(stream: _Input, d: Any, W: Any, dst_only: bool) -> Any:
+            if stream.sparse or not self.input_grad:  # sparse input: no gradient
                 return None
             if not dst_only:
                 return d @ W.T
@@ -509,15 +551,15 @@ class GraphAttention(_AttentionLayer):
             out[:n_dst] = d @ W.T
             return out
 
-        if single:
-            if streams[0][2] or not self.input_grad:
+        if c.single:
+            if c.q.sparse or not self.input_grad:
                 return None
-            dx = dk @ Wk.T
-            dx += dv @ Wv.T
-            dx[:n_dst] += dq @ Wq.T
+            dx = dk @ c.W_k.T
+            dx += dv @ c.W_v.T
+            dx[:n_dst] += dq @ c.W_q.T
             return dx
-        return (back(streams[0], dq, Wq, n_dst != n_src), back(streams[1], dk, Wk, False),
-                back(streams[2], dv, Wv, False))
+        return (back(c.q, dq, c.W_q, n_dst != n_src), back(c.k, dk, c.W_k, False),
+                back(c.v, dv, c.W_v, False))
 
     def extra_repr(self) -> str:
         return (f"{self.in_dim}, {self.out_dim}, heads={self.heads}, score={self.score!r}, "

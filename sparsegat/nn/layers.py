@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -146,6 +146,13 @@ class ReLU(Module):
         return _map2(lambda a, m: a * m, dy, self._cache)
 
 
+class _Dropped(NamedTuple):
+    """One dropout result: the output and its keep mask (None for sparse inputs: no backward)."""
+
+    y: Any
+    keep: Any
+
+
 class Dropout(Module):
     """Feature dropout: in training, zero each entry with probability ``p`` and scale the rest by ``1/(1-p)``.
 
@@ -183,7 +190,7 @@ class Dropout(Module):
         bits = self._rng.bit_generator.random_raw((size + 1) // 2).view(np.uint32)[:size]
         return (bits >= np.uint32(min(round(self.p * 2**32), 2**32 - 1))).reshape(shape)
 
-    def _one(self, x: Any) -> tuple[Any, Any]:
+    def _one(self, x: Any) -> _Dropped:
         kind = input_kind(x)
         scale = 1.0 / (1.0 - self.p)
         if is_sparse(x):
@@ -197,11 +204,11 @@ class Dropout(Module):
             pos = xp.flatnonzero(keep)
             data = x.data.take(pos)
             data *= x.dtype.type(scale)
-            return type(x)((data, x.indices.take(pos), indptr), shape=x.shape), None
+            return _Dropped(type(x)((data, x.indices.take(pos), indptr), shape=x.shape), None)
         keep = self._keep(kind, tuple(x.shape), x.dtype)
         y = x * keep
         y *= x.dtype.type(scale)
-        return y, keep
+        return _Dropped(y, keep)
 
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
         if not training or self.p == 0.0:
@@ -209,10 +216,10 @@ class Dropout(Module):
             return x
         out = _map(self._one, x)
         if isinstance(x, tuple):
-            self._cache = tuple(None if o is None else o[1] for o in out)
-            return tuple(None if o is None else o[0] for o in out)
-        self._cache = out[1]
-        return out[0]
+            self._cache = tuple(None if o is None else o.keep for o in out)
+            return tuple(None if o is None else o.y for o in out)
+        self._cache = out.keep
+        return out.y
 
     def _grad(self, dy: Any, keep: Any) -> Any:
         dx = dy * keep

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from typing import Any, NamedTuple
 
 from ..arrays import array_kind, namespace
+
+
+class LossAndGrad(NamedTuple):
+    """A loss and its gradient with respect to the logits (unpacks as ``loss, dlogits``)."""
+
+    loss: float
+    dlogits: Any
 
 
 def _rows(mask: Any, n: int, xp: Any) -> Any:
@@ -26,7 +32,7 @@ def _rows(mask: Any, n: int, xp: Any) -> Any:
     return mask
 
 
-def softmax_cross_entropy(logits: Any, labels: Any, mask: Any = None) -> tuple[float, Any]:
+def softmax_cross_entropy(logits: Any, labels: Any, mask: Any = None) -> LossAndGrad:
     """Mean cross-entropy of a softmax over classes, on the nodes selected by ``mask``.
 
     Parameters
@@ -39,11 +45,19 @@ def softmax_cross_entropy(logits: Any, labels: Any, mask: Any = None) -> tuple[f
 
     Returns
     -------
-    loss : float
-        ``-mean_{i in mask} log softmax(logits_i)[labels_i]``.
-    dlogits : array, shape (n, classes)
-        Its gradient: ``(softmax(logits_i) - onehot(labels_i)) / m`` on the ``m``
-        masked rows, zero elsewhere.
+    LossAndGrad
+        ``loss`` (float): ``-mean_{i in mask} log softmax(logits_i)[labels_i]``;
+        ``dlogits`` (array ``(n, classes)``): its gradient,
+        ``(softmax(logits_i) - onehot(labels_i)) / m`` on the ``m`` masked rows,
+        zero elsewhere.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparsegat import nn
+    >>> loss, dlogits = nn.softmax_cross_entropy(np.zeros((3, 2)), np.array([0, 1, 1]), np.array([0, 2]))
+    >>> round(loss, 4), dlogits.shape
+    (0.6931, (3, 2))
     """
     kind = array_kind(logits)
     if kind is None:
@@ -75,10 +89,10 @@ def softmax_cross_entropy(logits: Any, labels: Any, mask: Any = None) -> tuple[f
     d[idx, y] -= 1.0
     d *= 1.0 / m
     if rows is None:
-        return loss, d.astype(logits.dtype, copy=False)
+        return LossAndGrad(loss, d.astype(logits.dtype, copy=False))
     dlogits = xp.zeros_like(logits)
     dlogits[rows] = d
-    return loss, dlogits
+    return LossAndGrad(loss, dlogits)
 
 
 def accuracy(logits: Any, labels: Any, mask: Any = None) -> float:

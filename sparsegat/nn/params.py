@@ -43,27 +43,8 @@ def load_params(model: Module, path: str | os.PathLike, strict: bool = True) -> 
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be a sparsegat.nn layer or model, got {type(model).__name__}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a parameter file (.npz): {exc}") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{os.fspath(path)!r} holds a single array, not a parameter file (.npz)")
+    loaded = _read_arrays(path)
     targets = {name: (layer, key) for name, layer, key in model.named_parameters()}
-    loaded: dict[str, np.ndarray] = {}
-    with archive:
-        for name in archive.files:
-            try:
-                a = archive[name]
-            except ValueError as exc:
-                raise ValueError(f"{os.fspath(path)!r}: array {name!r} cannot be loaded without "
-                                 f"unpickling ({exc}); object arrays are refused") from None
-            if a.dtype.kind not in "biuf":
-                raise ValueError(f"{os.fspath(path)!r}: array {name!r} has dtype {a.dtype}; "
-                                 f"only numeric arrays are accepted")
-            loaded[name] = a
     unexpected = sorted(set(loaded) - set(targets))
     missing = sorted(set(targets) - set(loaded))
     if strict and (unexpected or missing):
@@ -79,3 +60,28 @@ def load_params(model: Module, path: str | os.PathLike, strict: bool = True) -> 
         xp = namespace(array_kind(current) or "numpy")
         layer.params[key] = xp.asarray(loaded[name].astype(current.dtype))
     return model
+
+
+def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file ``path``, numeric only, never unpickled (ValueError otherwise)."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not a parameter file (.npz): {exc}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{os.fspath(path)!r} holds a single array, not a parameter file (.npz)")
+    loaded: dict[str, np.ndarray] = {}
+    with archive:
+        for name in archive.files:
+            try:
+                a = archive[name]
+            except ValueError as exc:
+                raise ValueError(f"{os.fspath(path)!r}: array {name!r} cannot be loaded without "
+                                 f"unpickling ({exc}); object arrays are refused") from None
+            if a.dtype.kind not in "biuf":
+                raise ValueError(f"{os.fspath(path)!r}: array {name!r} has dtype {a.dtype}; "
+                                 f"only numeric arrays are accepted")
+            loaded[name] = a
+    return loaded
