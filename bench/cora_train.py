@@ -18,9 +18,10 @@ speed-up is computed against the faster of the two for each seed (``pyg-best``).
 ``--pyg-once`` runs only the first. The load average before and after each run
 is recorded.
 
-    python bench/cora_train.py [--data ../shared/data/cora.npz] [--seeds 0,1,2] [--json OUT.json]
+    python bench/cora_train.py --data path/to/cora.npz [--seeds 0,1,2] [--json OUT.json]
 
-Needs torch and torch_geometric for the PyG side (``--no-pyg`` skips it).
+The data file has the layout of ``docs/data.md``. Needs torch and torch_geometric
+for the PyG side (``--no-pyg`` skips it).
 """
 
 from __future__ import annotations
@@ -29,31 +30,32 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from sparsegat.bench.timing import SubprocessError, run_json
+
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "cora.npz"
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, dict]:
+    """Whole-process wall time and JSON result of ``cmd``, with the load average around it."""
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        res = run_json(cmd, env)
+    except SubprocessError as exc:
+        sys.stderr.write(exc.output)
+        raise SystemExit(f"failed ({exc}): {' '.join(cmd)}") from None
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["load_average_before"], res["load_average_after"] = load0, os.getloadavg()[0]
     return wall, res
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--data", required=True, metavar="FILE.npz", help="the Cora data file (layout of docs/data.md)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--no-pyg", action="store_true", help="time sparsegat alone")

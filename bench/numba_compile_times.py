@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
+
+from sparsegat.bench.timing import run_json
 
 CHILD = r"""
 import json, sys, time
@@ -57,10 +58,8 @@ print(json.dumps({"import": t_import, "forward": t_fwd, "backward": t_bwd, "weig
 
 
 def run(score: str, dtype: str, cache_dir: str) -> dict:
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    res = subprocess.run([sys.executable, "-c", CHILD, score, dtype], env=env, capture_output=True,
-                         text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    """Times of one fresh process using the Numba cache in ``cache_dir``."""
+    return run_json([sys.executable, "-c", CHILD, score, dtype], dict(os.environ, NUMBA_CACHE_DIR=cache_dir))
 
 
 def main() -> int:

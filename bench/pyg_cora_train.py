@@ -1,13 +1,14 @@
-"""PyTorch Geometric's GAT example recipe on the shared Cora file: the reference for bench/cora_train.py.
+"""PyTorch Geometric's GAT example recipe on a Cora file: the reference for bench/cora_train.py.
 
 The model, optimiser and loop of PyG's ``examples/gat.py`` (GATConv 8 heads x 8
 hidden, ELU, a 1-head output layer with ``concat=False``, dropout 0.6 on inputs
 and attention, Adam lr 0.005, weight decay 5e-4, 300 epochs, an evaluation after
 every epoch, the test accuracy of the first epoch of best validation accuracy),
-on the same ``cora.npz`` that ``sparsegat train --data`` reads, with the
+on the same ``cora.npz`` that ``sparsegat train --data`` reads (layout of
+``docs/data.md``, read with :func:`sparsegat.datasets.load_npz`), with the
 features row-normalised as ``T.NormalizeFeatures()`` does.
 
-    python bench/pyg_cora_train.py --data ../shared/data/cora.npz --seed 0 [--json]
+    python bench/pyg_cora_train.py --data path/to/cora.npz --seed 0 [--json]
 
 Needs torch and torch_geometric (the ``pyg`` extra); not part of the library.
 """
@@ -34,20 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
     from torch_geometric.nn import GATConv
 
+    from sparsegat.bench.pyg import edge_index as pyg_edge_index
+    from sparsegat.datasets import load_npz
+
     torch.manual_seed(a.seed)
-    with np.load(a.data, allow_pickle=False) as f:
-        d = {k: f[k] for k in f.files}
-    n = int(d["y"].shape[0])
-    x = np.zeros(tuple(int(s) for s in d["x_shape"]), dtype=np.float32)
-    rows = np.repeat(np.arange(n), np.diff(d["x_indptr"]))
-    x[rows, d["x_indices"]] = d["x_data"]
-    x = torch.from_numpy(x)
+    data = load_npz(a.data)
+    x = data.x.toarray() if hasattr(data.x, "toarray") else np.asarray(data.x)
+    x = torch.from_numpy(x.astype(np.float32, copy=False))
     x = x / x.sum(dim=-1, keepdim=True).clamp(min=1.0)          # T.NormalizeFeatures()
-    dst = np.repeat(np.arange(n), np.diff(d["indptr"]))
-    edge_index = torch.from_numpy(np.stack([d["indices"], dst]).astype(np.int64))
-    y = torch.from_numpy(d["y"])
-    masks = {k: torch.from_numpy(d[f"{k}_mask"]) for k in ("train", "val", "test")}
-    classes = int(y.max()) + 1
+    edge_index = torch.from_numpy(pyg_edge_index(data.graph))
+    y = torch.from_numpy(data.y)
+    masks = {k: torch.from_numpy(getattr(data, f"{k}_mask")) for k in ("train", "val", "test")}
+    classes = data.num_classes
 
     class GAT(torch.nn.Module):
         def __init__(self, in_channels: int, hidden: int, out_channels: int, heads: int) -> None:

@@ -44,7 +44,7 @@ def test_read_scipy_npz_any_format(tmp_path):
 
 
 def test_read_npz_indptr_indices_layout(tmp_path):
-    # The layout of shared/data (e.g. cora.npz): square, n = len(indptr) - 1; unsorted rows are fine.
+    # The data-set layout (e.g. cora.npz): square, n = len(indptr) - 1; unsorted rows are fine.
     indptr = np.array([0, 2, 3, 3, 5])
     indices = np.array([3, 1, 0, 2, 1])
     path = tmp_path / "g.npz"
@@ -57,11 +57,8 @@ def test_read_npz_indptr_indices_layout(tmp_path):
     assert readers.read_graph(path2).graph.shape == (4, 7)
 
 
-def test_read_shared_cora_if_present():
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cora.npz")
-    if not os.path.exists(path):
-        pytest.skip("shared/data/cora.npz not present")
-    g = readers.read_graph(path).graph
+def test_read_cora(cora_path):
+    g = readers.read_graph(cora_path).graph
     assert g.shape == (2708, 2708) and g.nnz == 10556
 
 
@@ -346,7 +343,7 @@ def test_run_on_a_graph_file_and_bipartite(tmp_path, capsys):
     capsys.readouterr()
 
 
-@pytest.mark.skipif(not (HAS_MATPLOTLIB and HAS_NUMPY_BACKEND), reason="needs matplotlib and the numpy backend")
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="needs matplotlib")
 def test_plot(tmp_path, capsys):
     png = tmp_path / "plot.png"
     assert main(TINY + ["--nodes", "100,300", "--ops", "forward,backward", "--plot", str(png)]) == 0
@@ -355,13 +352,13 @@ def test_plot(tmp_path, capsys):
 
 
 @pytest.mark.pyg
-@pytest.mark.skipif(not (HAS_PYG and HAS_NUMPY_BACKEND), reason="needs torch, torch_geometric, numpy backend")
+@pytest.mark.skipif(not HAS_PYG, reason="needs torch and torch_geometric")
 @pytest.mark.parametrize("score", ["dot", "scaled_dot", "cosine", "euclidean", "additive", "gatv2"])
 def test_pyg_edgewise_operator_matches_sparsegat(score):
     # The PyG comparison times the same function as sparsegat's operator.
     import torch
 
-    from sparsegat.bench.pyg import edge_attention
+    from sparsegat.bench.pyg import edge_attention, edge_index
 
     bg = graphs.make_graph("powerlaw", 60, 5, seed=1)
     g = bg.graph
@@ -370,8 +367,7 @@ def test_pyg_edgewise_operator_matches_sparsegat(score):
     q, k, v = rng.standard_normal(shape), rng.standard_normal(shape), rng.standard_normal((60, 2, 4))
     att = rng.standard_normal((2, 3)) if score == "gatv2" else None
     ref, _ = attention_forward(g, q, k, v, score=score, att=att, backend="numpy")
-    dst = torch.from_numpy(np.repeat(np.arange(60), np.diff(g.indptr)))
-    src = torch.from_numpy(np.asarray(g.indices, dtype=np.int64))
+    src, dst = (torch.from_numpy(a) for a in edge_index(g))
     t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
     out = edge_attention(t(q), t(k), t(v), t(att), src, dst, 60, score)
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-10, atol=1e-12)
@@ -453,3 +449,174 @@ def test_interrupt_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
     doc = json.loads(out.read_text())
     assert len(doc["results"]) == 1 and any("interrupted" in n for n in doc["notes"])
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------------------- helpers of the bench/ scripts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = sorted(f for f in os.listdir(os.path.join(REPO, "bench")) if f.endswith(".py"))
+
+
+def test_chung_lu_edges_are_seeded_distinct_and_loop_free():
+    src, dst = graphs.chung_lu_edges(300, 2000, seed=3)
+    again = graphs.chung_lu_edges(300, 2000, seed=3)
+    assert src.shape == dst.shape == (2000,)
+    np.testing.assert_array_equal(src, again[0])
+    np.testing.assert_array_equal(dst, again[1])
+    assert not np.any(src == dst)
+    assert np.unique(src * 300 + dst).size == 2000
+    assert src.min() >= 0 and max(src.max(), dst.max()) < 300
+    assert np.bincount(dst, minlength=300).max() > 4 * 2000 / 300  # hubs
+    with pytest.raises(ValueError, match="at most"):
+        graphs.chung_lu_edges(3, 7)
+
+
+def test_uniform_graph_with_loops():
+    g, src, dst = graphs.uniform_graph_with_loops(np, 50, edges=200, seed=1)
+    assert g.shape == (50, 50) and g.index_dtype == np.int32
+    rows = g.row_ids()
+    assert np.all(np.isin(np.arange(50) * 51, rows.astype(np.int64) * 50 + g.indices))  # every self-loop
+    np.testing.assert_array_equal(src, g.indices)
+    np.testing.assert_array_equal(dst, rows)
+    g2, _, _ = graphs.uniform_graph_with_loops(np, 50, degree=4, seed=1)
+    assert g2.nnz <= 200 and np.all(g2.degrees() >= 1)
+    with pytest.raises(ValueError, match="exactly one"):
+        graphs.uniform_graph_with_loops(np, 50, edges=10, degree=2)
+
+
+def test_time_calls_counts_and_clock():
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+        return fn
+
+    times = timing.time_calls({"a": make("a"), "b": make("b")}, warmup=2, repeat=3)
+    assert calls == {"a": 5, "b": 5}
+    assert list(times) == ["a", "b"] and all(len(t) == 3 and min(t) >= 0 for t in times.values())
+
+    class FakeClock:
+        syncs = 0
+
+        def sync(self):
+            FakeClock.syncs += 1
+
+        def time(self, fn):
+            fn()
+            return 0.5
+
+    assert timing.time_calls({"a": make("a")}, warmup=0, repeat=2, clock=FakeClock()) == {"a": [0.5, 0.5]}
+    assert FakeClock.syncs == 1
+    with pytest.raises(ValueError):
+        timing.time_calls({}, warmup=0, repeat=0)
+
+
+def test_host_memory_probe_without_trim_reports_rss_before():
+    probe = timing.HostMemoryProbe(trim=False)
+    peak = probe.measure(lambda: np.ones(40 * 2**20 // 8).sum())
+    assert peak >= 30 * 2**20
+    if probe.method == "rss-hwm":
+        assert probe.rss_before_bytes > 0
+
+
+def test_run_json(tmp_path):
+    import sys
+
+    ok = timing.run_json([sys.executable, "-c", "print('noise'); print('{\"a\": 1}')"])
+    assert ok == {"a": 1}
+    with pytest.raises(timing.SubprocessError, match="boom"):
+        timing.run_json([sys.executable, "-c", "import sys; sys.exit('boom')"])
+    with pytest.raises(timing.SubprocessError, match="no JSON"):
+        timing.run_json([sys.executable, "-c", "print('not json')"])
+
+
+def test_traffic_models():
+    from sparsegat.bench import traffic
+
+    # The 100k-node layer benchmark: 1.7M edges with self-loops, 4 heads x 32.
+    t = traffic.attention_traffic(100_000, 1_700_000, 4, 32)
+    assert t["forward"] == {"streamed": 63_200_004, "gathered": 897_600_000.0}
+    assert t["backward"] == {"streamed": 270_800_008, "gathered": 1_224_000_000.0}
+    b = traffic.memory_bound({"streamed": 2e9, "gathered": 1e9}, {"triad_GBps": 20.0, "gather_512B_rows_GBps": 5.0},
+                             measured_s=0.5)
+    assert b["bound_s"] == pytest.approx(0.1 + 0.2) and b["effective_GBps"] == pytest.approx(6.0)
+    f = traffic.fused_forward_bytes(nnz=10, n=4, n_segments=5, heads=1, d=2, dv=3)
+    index = 10 * 4 + 6 * 4 + 2 * 5 * 4
+    once = 4 * 2 * 4 + 4 * 3 * 4 + 2 * 4 * 4
+    assert f == {"compulsory": index + once + 4 * 2 * 4 + 4 * 3 * 4, "requested": index + once + 10 * 5 * 4}
+    assert report.model_bytes is traffic.model_bytes
+
+
+def test_cuda_row_segments_without_a_gpu():
+    from sparsegat.backends.cuda import launch
+    from sparsegat.bench.kernels import row_segments
+
+    long = 2 * launch.SEGMENT_EDGES + 1
+    indices = np.concatenate([np.arange(long), np.arange(3)])
+    g = CSRGraph(np.array([0, long, long, long + 3]), indices, (3, long))
+    assert row_segments(g) == 3 + 1 + 1  # a long row in three segments; an empty row has one
+
+
+def test_aligned_copy_and_relative_error():
+    from sparsegat.bench.layers import aligned_copy, relative_error
+
+    a = np.arange(1000, dtype=np.float32).reshape(100, 10)[:, ::2]
+    b = aligned_copy(a)
+    assert b.ctypes.data % 64 == 0 and b.flags.c_contiguous and b.dtype == a.dtype
+    np.testing.assert_array_equal(a, b)
+    assert relative_error(b, a) == 0.0
+    assert relative_error(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == pytest.approx(0.5)
+
+
+@pytest.mark.pyg
+@pytest.mark.skipif(not HAS_PYG, reason="needs torch and torch_geometric")
+def test_gatconv_helpers_build_the_same_layer_on_both_sides():
+    import torch
+
+    from sparsegat.bench.layers import relative_error, sparsegat_gatconv
+    from sparsegat.bench.pyg import edge_index, pyg_gatconv, pyg_gatconv_grads
+
+    rng = np.random.default_rng(0)
+    g = graphs.make_graph("powerlaw", 40, 4, seed=2).graph
+    params = {"W": rng.standard_normal((6, 2 * 3)).astype(np.float32),
+              "att_src": rng.standard_normal((2, 3)).astype(np.float32),
+              "att_dst": rng.standard_normal((2, 3)).astype(np.float32),
+              "bias": rng.standard_normal(6).astype(np.float32)}
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    R = rng.standard_normal((40, 6)).astype(np.float32)
+    layer = sparsegat_gatconv(params, backend="numpy")
+    assert layer.params["W"] is not params["W"]
+    y = layer.forward(x, g, training=True)
+    layer.backward(R)
+    conv = pyg_gatconv(params)
+    ty = conv(torch.from_numpy(x), torch.from_numpy(edge_index(g)))
+    ty.backward(torch.from_numpy(R))
+    assert relative_error(y, ty.detach().numpy()) < 1e-5
+    for name, grad in pyg_gatconv_grads(conv).items():
+        assert relative_error(layer.grads[name], grad) < 1e-4, name
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_scripts_use_public_names_only(script):
+    import ast
+
+    tree = ast.parse(open(os.path.join(REPO, "bench", script), encoding="utf-8").read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sparsegat"):
+            assert not node.module.startswith("sparsegat.backends"), (script, node.module)
+            assert not any(part.startswith("_") for part in node.module.split(".")), (script, node.module)
+            assert not any(a.name.startswith("_") for a in node.names), (script, [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            assert not any(a.name.startswith("sparsegat.backends") for a in node.names), script
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_scripts_start(script):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, os.path.join(REPO, "bench", script), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "usage:" in res.stdout

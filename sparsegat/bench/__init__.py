@@ -1,24 +1,37 @@
 """``sparsegat bench``: time sparse attention on every available backend (and PyG).
 
+The package also holds what the workload scripts in the repository's ``bench/``
+folder share, so that no script carries its own generator, clock or model.
+
 Modules
 -------
 graphs
-    Synthetic graph families (uniform, power-law, bipartite) with a seed.
+    Synthetic graph families (uniform, power-law, bipartite) and edge-list
+    generators, reproducible from a seed.
 readers
     The user's own graph from a SciPy ``.npz``, a Matrix Market ``.mtx`` or an edge list.
 timing
-    Repetitions, warm-up, first-call time, CUDA-event timing, peak memory.
+    Repetitions, warm-up, first-call time, CUDA-event timing, peak memory, measuring
+    processes.
+traffic
+    Bytes models of the operations and kernels, and measured memory bandwidth.
 runners
     One runner per backend (numpy, numba, cupy) that prepares inputs and the timed calls.
 pyg
-    The same operations with PyTorch Geometric (CPU, and CUDA where there is a GPU).
+    The same operations with PyTorch Geometric (CPU, and CUDA where there is a GPU),
+    and PyG's ``GATConv`` holding given parameters.
+layers
+    sparsegat's ``nn.GATConv`` holding given parameters, aligned inputs, comparisons.
+kernels
+    Kernel time of the CUDA backend's fused forward, without Python in between.
 report
     The table on stdout, the JSON file, the plot, bandwidth and speed-up.
 cli
     ``sparsegat bench`` argument parsing and the sweep loop.
 
 The command is ``sparsegat bench`` (or ``python -m sparsegat bench``); see
-``docs/benchmarks.md``. Everything here uses only the public API of sparsegat.
+``docs/benchmarks.md``. Everything here uses the public API of sparsegat, except
+``kernels``, which drives the CUDA backend's public launch functions directly.
 """
 
 from .graphs import FAMILIES, make_graph

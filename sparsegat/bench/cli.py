@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..spec import SCORES
@@ -279,14 +280,12 @@ def _load_graphs(args: argparse.Namespace) -> list[Any]:
 
 
 def _describe_graph(bg: Any) -> dict[str, Any]:
-    import numpy as np
-
+    """:meth:`BenchGraph.describe`, plus the edges with self-loops added for square graphs."""
     desc = bg.describe()
     g = bg.graph
     if g.n_dst == g.n_src:
-        indptr, indices = np.asarray(g.indptr), np.asarray(g.indices)
-        rows = np.repeat(np.arange(g.n_dst), np.diff(indptr))
-        desc["nnz_with_self_loops"] = int(g.nnz + g.n_dst - int((rows == indices).sum()))
+        loops = int((g.row_ids() == g.indices).sum())
+        desc["nnz_with_self_loops"] = int(g.nnz + g.n_dst - loops)
     return desc
 
 
@@ -351,6 +350,8 @@ def _busy_note() -> str | None:
 
 
 class Progress:
+    """Progress lines on stderr (nothing with ``--quiet``)."""
+
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
 
@@ -364,17 +365,48 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
-def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .report import add_derived, format_table, machine_info, matplotlib_available, plot, write_json
-    from .timing import cpu_threads, measure
+@dataclass
+class Setup:
+    """What the sweep runs with: the backends, the notes so far, the machine's load."""
 
-    started = time.perf_counter()
+    runners: dict[str, Any]
+    skipped: dict[str, str]
+    notes: list[str]
+    progress: Progress
+    busy: str | None = None
+    load_start: list[float] | None = None
+
+    def note(self, text: str) -> None:
+        """Record a note for the report and show it as progress."""
+        self.notes.append(text)
+        self.progress(f"note: {text}")
+
+
+@dataclass
+class Sweep:
+    """The graphs, the cases and what measuring them gave."""
+
+    graphs: list[Any]
+    graph_desc: list[dict[str, Any]]
+    cases: list[Case]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _load_average() -> list[float] | None:
     try:
-        load_start = [round(x, 2) for x in os.getloadavg()]
+        return [round(x, 2) for x in os.getloadavg()]
     except (AttributeError, OSError):
-        load_start = None
-    notes: list[str] = []
+        return None
+
+
+def _set_up(args: argparse.Namespace) -> Setup:
+    """Defaults, output checks, backends and threads; every note is shown as it comes."""
+    from .report import matplotlib_available
+
+    load_start = _load_average()
     progress = Progress(args.quiet)
+    notes: list[str] = []
     _fill_defaults(args, notes)
     _check_output(args.json, "--json file")
     _check_output(args.plot, "--plot file", PLOT_SUFFIXES)
@@ -384,134 +416,182 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     for note in notes:
         progress(f"note: {note}")
     runners, skipped = _select_backends(args)
+    setup = Setup(runners, skipped, notes, progress, load_start=load_start)
     for name, reason in skipped.items():
-        msg = f"backend {name} skipped: {reason}"
-        notes.append(msg)
-        progress(f"note: {msg}")
+        setup.note(f"backend {name} skipped: {reason}")
     _set_threads(args.threads, runners)
-    busy = _busy_note()
-    if busy:
-        notes.append(busy)
-        progress(f"note: {busy}")
+    setup.busy = _busy_note()
+    if setup.busy:
+        setup.note(setup.busy)
     if args.baseline not in runners:
-        msg = f"baseline {args.baseline} is not run here, so the speed-up column stays empty"
-        notes.append(msg)
-        progress(f"note: {msg}")
-    progress("reading graph files" if args.graph else "building graphs")
+        setup.note(f"baseline {args.baseline} is not run here, so the speed-up column stays empty")
+    return setup
+
+
+def _plan_sweep(args: argparse.Namespace, setup: Setup) -> Sweep:
+    """Build or read the graphs and list the cases."""
+    setup.progress("reading graph files" if args.graph else "building graphs")
     graphs = _load_graphs(args)
-    graph_desc = [_describe_graph(bg) for bg in graphs]
-    cases = enumerate_cases(args, len(graphs))
-    total = len(cases) * len(runners)
-    progress(f"{len(graphs)} graph(s), {len(cases)} case(s), backends {', '.join(runners)}: "
-             f"{total} measurement(s)")
-    results: list[dict[str, Any]] = []
-    inputs_cache: dict[tuple, Any] = {}
-    count = 0
-    width = len(str(total))
-    interrupted = False
+    sweep = Sweep(graphs, [_describe_graph(bg) for bg in graphs], enumerate_cases(args, len(graphs)))
+    setup.progress(f"{len(graphs)} graph(s), {len(sweep.cases)} case(s), backends {', '.join(setup.runners)}: "
+                   f"{len(sweep.cases) * len(setup.runners)} measurement(s)")
+    return sweep
+
+
+def _inputs_key(case: Case) -> tuple:
+    """Cases with equal keys share their host inputs."""
+    return (case.graph_index, case.heads, case.d, case.dv, case.score, case.dtype, case.in_dim,
+            case.op == "layer")
+
+
+def _measure_one(args: argparse.Namespace, case: Case, bg: Any, inputs: Any, name: str, runner: Any,
+                 progress: Progress) -> dict[str, Any]:
+    """One measurement of ``case`` on backend ``name``: its result record (ok, skipped or error)."""
+    from . import timing
+
+    result: dict[str, Any] = {
+        "graph_index": case.graph_index, "graph": bg.name, "backend": name,
+        "device": runner.device, "implementation": runner.implementation(case.op),
+        "config": case.config(), "label": case.label(), "status": "ok",
+        "load_average_1min": _load1(),
+    }
     try:
-        for case in cases:
-            bg = graphs[case.graph_index]
-            ikey = (case.graph_index, case.heads, case.d, case.dv, case.score, case.dtype, case.in_dim,
-                    case.op == "layer")
-            if ikey not in inputs_cache:
+        fn = runner.prepare(case, bg, inputs)
+        clock, host_probe, gpu_probe = runner.clock_and_probes(not args.no_memory)
+        m = timing.measure(fn, clock=clock, warmup=args.warmup, repeat=args.repeat, max_time=args.max_time,
+                           host_probe=host_probe, gpu_probe=gpu_probe)
+        del fn
+        result.update(m.as_dict())
+        progress(f"{timing.format_seconds(result['median_s'])} (first call {timing.format_seconds(m.first_s)})")
+    except Skip as exc:
+        result.update(status="skipped", reason=str(exc))
+        progress(f"skipped: {exc}")
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a failing backend is reported, and the sweep goes on
+        result.update(status="error", error=_error_text(exc))
+        if args.traceback:
+            result["traceback"] = traceback.format_exc()
+        progress(f"ERROR {_error_text(exc)}")
+    return result
+
+
+def _run_sweep(args: argparse.Namespace, setup: Setup, sweep: Sweep) -> None:
+    """Measure every case on every backend into ``sweep.results``; Ctrl-C keeps what was measured."""
+    runners, progress = setup.runners, setup.progress
+    total = len(sweep.cases) * len(runners)
+    width = len(str(total))
+    inputs_cache: dict[tuple, Any] = {}
+    try:
+        for case in sweep.cases:
+            bg = sweep.graphs[case.graph_index]
+            key = _inputs_key(case)
+            if key not in inputs_cache:
                 inputs_cache.clear()
-                inputs_cache[ikey] = make_inputs(case, bg.graph, args.seed)
-            inputs = inputs_cache[ikey]
+                inputs_cache[key] = make_inputs(case, bg.graph, args.seed)
             for name, runner in runners.items():
-                count += 1
-                progress(f"[{count:>{width}}/{total}] {case.op:<8} {bg.name}  {case.label()}  {name:<8} ... ",
-                         end="")
-                result: dict[str, Any] = {
-                    "graph_index": case.graph_index, "graph": bg.name, "backend": name,
-                    "device": runner.device, "implementation": runner.implementation(case.op),
-                    "config": case.config(), "label": case.label(), "status": "ok",
-                    "load_average_1min": _load1(),
-                }
-                try:
-                    fn = runner.prepare(case, bg, inputs)
-                    clock, host_probe, gpu_probe = runner.clock_and_probes(not args.no_memory)
-                    m = measure(fn, clock=clock, warmup=args.warmup, repeat=args.repeat, max_time=args.max_time,
-                                host_probe=host_probe, gpu_probe=gpu_probe)
-                    del fn
-                    result.update(m.as_dict())
-                    progress(f"{_fmt(m.as_dict()['median_s'])} (first call {_fmt(m.first_s)})")
-                except Skip as exc:
-                    result.update(status="skipped", reason=str(exc))
-                    progress(f"skipped: {exc}")
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # a failing backend is reported, and the sweep goes on
-                    result.update(status="error", error=_error_text(exc))
-                    if args.traceback:
-                        result["traceback"] = traceback.format_exc()
-                    progress(f"ERROR {_error_text(exc)}")
-                results.append(result)
+                progress(f"[{len(sweep.results) + 1:>{width}}/{total}] {case.op:<8} {bg.name}  {case.label()}  "
+                         f"{name:<8} ... ", end="")
+                sweep.results.append(_measure_one(args, case, bg, inputs_cache[key], name, runner, progress))
     except KeyboardInterrupt:  # keep what was measured: report it, then exit 130
-        interrupted = True
+        sweep.interrupted = True
         progress("\ninterrupted")
-        notes.append(f"interrupted after {len(results)} of {total} measurement(s)")
+        setup.notes.append(f"interrupted after {len(sweep.results)} of {total} measurement(s)")
+
+
+def _note_run_problems(setup: Setup, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Notes on load that grew during the run and on failed measurements; returns the failures."""
+    from .timing import cpu_threads
+
     loads = [r["load_average_1min"] for r in results if r.get("load_average_1min") is not None]
     # The run itself keeps up to every CPU busy, so only more runnable threads than CPUs count.
-    if loads and not busy and max(loads) > cpu_threads() + 1:
-        notes.append(f"the machine got busy during the run (1-minute load average up to {max(loads):.1f} "
-                     f"on {cpu_threads()} CPUs): later timings may be noisy; see load_average_1min in the JSON")
-    add_derived(results, graph_desc, args.baseline)
-    elapsed = time.perf_counter() - started
+    if loads and not setup.busy and max(loads) > cpu_threads() + 1:
+        setup.notes.append(f"the machine got busy during the run (1-minute load average up to {max(loads):.1f} "
+                           f"on {cpu_threads()} CPUs): later timings may be noisy; see load_average_1min in "
+                           "the JSON")
     errors = [r for r in results if r["status"] == "error"]
     if errors:
-        msg = (f"{len(errors)} measurement(s) failed: "
-               + "; ".join(f"{r['backend']} {r['config']['op']} ({r['error']})" for r in errors[:3])
-               + (" ..." if len(errors) > 3 else ""))
-        notes.append(msg)
+        setup.notes.append(f"{len(errors)} measurement(s) failed: "
+                           + "; ".join(f"{r['backend']} {r['config']['op']} ({r['error']})" for r in errors[:3])
+                           + (" ..." if len(errors) > 3 else ""))
+    return errors
+
+
+def _write_plot(path: str, sweep: Sweep, machine: dict[str, Any], setup: Setup) -> bool:
+    """Draw the plot; False (with a note) when that fails."""
+    from .report import plot
+
+    gpu = machine["gpu"]
+    title = (f"sparsegat bench on {machine['cpu_model']} ({machine['threads']['usable_cpus']} threads)"
+             + (f", {gpu}" if gpu else ""))
+    try:
+        plot(sweep.results, sweep.graph_desc, path, title=title)
+    except Exception as exc:  # a plot problem must not lose the measurements
+        setup.notes.append(f"no plot: {_error_text(exc)}")
+        return False
+    setup.progress(f"wrote {path}")
+    return True
+
+
+def _document(args: argparse.Namespace, argv: Sequence[str], setup: Setup, sweep: Sweep,
+              machine: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """The JSON document of the run (schema :data:`sparsegat.bench.report.SCHEMA`)."""
+    from .report import SCHEMA
+
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "sparsegat bench " + " ".join(shlex.quote(a) for a in argv),
+        "argv": list(argv),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("traceback",)},
+        "machine": machine,
+        "backends": {"run": list(setup.runners), "skipped": setup.skipped},
+        "baseline": args.baseline,
+        "graphs": sweep.graph_desc,
+        "results": sweep.results,
+        "notes": setup.notes,
+        "elapsed_s": elapsed,
+    }
+
+
+def _write_document(path: str, document: dict[str, Any], setup: Setup) -> bool:
+    """Write the JSON file; False (with a note) when that fails."""
+    from .report import write_json
+
+    try:
+        write_json(path, document)
+    except OSError as exc:
+        setup.notes.append(f"could not write {path}: {_error_text(exc)}")
+        return False
+    setup.progress(f"wrote {path}")
+    return True
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the sweep ``args`` describes, print the table and notes, write the outputs; the exit status."""
+    from .report import add_derived, format_table, machine_info
+
+    started = time.perf_counter()
+    setup = _set_up(args)
+    sweep = _plan_sweep(args, setup)
+    _run_sweep(args, setup, sweep)
+    errors = _note_run_problems(setup, sweep.results)
+    add_derived(sweep.results, sweep.graph_desc, args.baseline)
+    elapsed = time.perf_counter() - started
     machine = machine_info()
-    machine["load_average_start"] = load_start
-    failed_output = False
+    machine["load_average_start"] = setup.load_start
+    written = True
     if args.plot:
-        cpu = machine["cpu_model"]
-        gpu = machine["gpu"]
-        title = f"sparsegat bench on {cpu} ({machine['threads']['usable_cpus']} threads)" + (
-            f", {gpu}" if gpu else "")
-        try:
-            plot(results, graph_desc, args.plot, title=title)
-            progress(f"wrote {args.plot}")
-        except Exception as exc:  # a plot problem must not lose the measurements
-            notes.append(f"no plot: {_error_text(exc)}")
-            failed_output = True
+        written &= _write_plot(args.plot, sweep, machine, setup)
     if args.json:
-        document = {
-            "schema": "sparsegat-bench/1",
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "sparsegat bench " + " ".join(shlex.quote(a) for a in argv),
-            "argv": list(argv),
-            "settings": {k: v for k, v in vars(args).items() if k not in ("traceback",)},
-            "machine": machine,
-            "backends": {"run": list(runners), "skipped": skipped},
-            "baseline": args.baseline,
-            "graphs": graph_desc,
-            "results": results,
-            "notes": notes,
-            "elapsed_s": elapsed,
-        }
-        try:
-            write_json(args.json, document)
-            progress(f"wrote {args.json}")
-        except OSError as exc:
-            notes.append(f"could not write {args.json}: {_error_text(exc)}")
-            failed_output = True
-    print(format_table(results, graph_desc, args.baseline))
-    if notes:
-        print("\nnotes:\n" + "\n".join(f"- {n}" for n in notes))
-    progress(f"done in {elapsed:.1f} s")
-    if interrupted:
+        written &= _write_document(args.json, _document(args, argv, setup, sweep, machine, elapsed), setup)
+    print(format_table(sweep.results, sweep.graph_desc, args.baseline))
+    if setup.notes:
+        print("\nnotes:\n" + "\n".join(f"- {n}" for n in setup.notes))
+    setup.progress(f"done in {elapsed:.1f} s")
+    if sweep.interrupted:
         return 130
-    return 1 if errors or failed_output else 0
-
-
-def _fmt(t: float) -> str:
-    from .timing import format_seconds
-
-    return format_seconds(t)
+    return 1 if errors or not written else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

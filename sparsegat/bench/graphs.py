@@ -13,6 +13,11 @@ no duplicate edges); merging duplicates can leave slightly fewer edges than
 - ``bipartite``: non-square, ``n`` destination nodes and ``2 n`` source nodes;
   every destination draws ``degree`` sources with Zipf-like popularity (as
   users attending to items), so the transposed (source-side) structure is skewed.
+
+Two edge-list generators serve the layer benchmarks in ``bench/``:
+:func:`chung_lu_edges` (a directed power-law edge list, as PyG takes it) and
+:func:`uniform_graph_with_loops` (uniform random edges plus every self-loop, built
+with NumPy or on the GPU with CuPy).
 """
 
 from __future__ import annotations
@@ -73,8 +78,8 @@ def _csr_from_sorted_rows(cols: np.ndarray, n_src: int) -> CSRGraph:
     return CSRGraph(indptr, cols[keep], (n, n_src)).with_index_dtype(None)
 
 
-def _check_sizes(nodes: int, degree: int) -> None:
-    for name, value in (("nodes", nodes), ("degree", degree)):
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name} must be an integer, got {value!r}")
         if value < 1:
@@ -83,7 +88,7 @@ def _check_sizes(nodes: int, degree: int) -> None:
 
 def uniform(nodes: int, degree: int, seed: int = 0) -> CSRGraph:
     """Square graph; every row draws ``degree`` sources uniformly (repeats merged)."""
-    _check_sizes(nodes, degree)
+    _check_sizes(nodes=nodes, degree=degree)
     rng = np.random.default_rng(seed)
     d = min(degree, nodes)
     cols = rng.integers(0, nodes, size=(nodes, d), dtype=np.int64)
@@ -91,9 +96,14 @@ def uniform(nodes: int, degree: int, seed: int = 0) -> CSRGraph:
     return _csr_from_sorted_rows(cols, nodes)
 
 
+def _rank_weights(n: int, exponent: float) -> np.ndarray:
+    """Chung–Lu expected-degree weights ``w_i = (i + 1) ** (-1 / (exponent - 1))``, not normalised."""
+    return (np.arange(n, dtype=np.float64) + 1.0) ** (-1.0 / (exponent - 1.0))
+
+
 def _powerlaw_weights(n: int, exponent: float) -> np.ndarray:
-    """Chung–Lu expected-degree weights ``w_i ~ (i + 1) ** (-1 / (exponent - 1))``, normalised."""
-    w = (np.arange(n, dtype=np.float64) + 1.0) ** (-1.0 / (exponent - 1.0))
+    """:func:`_rank_weights` normalised to sum 1."""
+    w = _rank_weights(n, exponent)
     return w / w.sum()
 
 
@@ -105,7 +115,7 @@ def powerlaw(nodes: int, degree: int, seed: int = 0, exponent: float = POWERLAW_
     few times so the mean degree ends close to the one asked (within about 2 %
     unless the graph is too small to hold it).
     """
-    _check_sizes(nodes, degree)
+    _check_sizes(nodes=nodes, degree=degree)
     rng = np.random.default_rng(seed)
     n = nodes
     cdf = np.cumsum(_powerlaw_weights(n, exponent))
@@ -132,7 +142,7 @@ def powerlaw(nodes: int, degree: int, seed: int = 0, exponent: float = POWERLAW_
 def bipartite(nodes: int, degree: int, seed: int = 0,
               ratio: int = BIPARTITE_SOURCE_RATIO) -> CSRGraph:
     """Non-square graph: ``nodes`` destinations, ``ratio * nodes`` sources of Zipf-like popularity."""
-    _check_sizes(nodes, degree)
+    _check_sizes(nodes=nodes, degree=degree)
     rng = np.random.default_rng(seed)
     n_src = ratio * nodes
     cdf = np.cumsum(_powerlaw_weights(n_src, POWERLAW_EXPONENT))
@@ -143,6 +153,69 @@ def bipartite(nodes: int, degree: int, seed: int = 0,
     cols = perm[np.searchsorted(cdf, rng.random((nodes, d)), side="right")].astype(np.int64)
     cols.sort(axis=1)
     return _csr_from_sorted_rows(cols, n_src)
+
+
+def chung_lu_edges(nodes: int, edges: int, exponent: float = POWERLAW_EXPONENT,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)``: ``edges`` distinct directed edges (no self-loops) of a Chung–Lu graph.
+
+    Both endpoints are drawn with probability proportional to the rank weights of
+    :func:`_rank_weights` over a random relabelling of the nodes, so in- and
+    out-degrees follow a power law (hubs with thousands of neighbours) scattered
+    over the id range. The edges come in random order, int64.
+    """
+    _check_sizes(nodes=nodes, edges=edges)
+    n = nodes
+    if edges > n * (n - 1):
+        raise ValueError(f"{n} nodes hold at most {n * (n - 1)} directed edges without self-loops, "
+                         f"asked for {edges}")
+    rng = np.random.default_rng(seed)
+    w = _rank_weights(n, exponent)[rng.permutation(n)]
+    cdf = np.cumsum(w)
+    cdf /= cdf[-1]
+    keys = np.empty(0, dtype=np.int64)
+    draw = edges
+    while keys.size < edges:
+        src = np.minimum(np.searchsorted(cdf, rng.random(draw)), n - 1)
+        dst = np.minimum(np.searchsorted(cdf, rng.random(draw)), n - 1)
+        k = (src * n + dst)[src != dst]
+        keys = np.unique(np.concatenate([keys, k]))
+        draw = int((edges - keys.size) * 1.5) + 1000
+    keys = rng.permutation(keys)[:edges]
+    return keys // n, keys % n
+
+
+def uniform_graph_with_loops(xp: Any, nodes: int, edges: int | None = None, degree: int | None = None,
+                             seed: int = 0) -> tuple[CSRGraph, Any, Any]:
+    """``(g, src, dst)``: uniform random edges plus every self-loop, built with ``xp``.
+
+    ``xp`` is ``numpy`` or ``cupy`` (the graph and the arrays then live on the GPU).
+    Either ``edges`` edges with both endpoints uniform, or ``degree`` uniform
+    sources for every destination (then without added self-loops); repeats are
+    merged. ``g`` is canonical with int32 indices; ``src``/``dst`` (int64) are its
+    edges in CSR order, the edge index PyG takes.
+    """
+    if (edges is None) == (degree is None):
+        raise ValueError("give exactly one of edges and degree")
+    _check_sizes(nodes=nodes, **({"edges": edges} if degree is None else {"degree": degree}))
+    n = nodes
+    rng = xp.random.default_rng(seed)
+    if degree is not None:
+        dst = xp.repeat(xp.arange(n, dtype=xp.int64), degree)
+        src = rng.integers(0, n, size=n * degree, dtype=xp.int64)
+        loops = xp.zeros(0, dtype=xp.int64)
+    else:
+        dst = rng.integers(0, n, size=edges, dtype=xp.int64)
+        src = rng.integers(0, n, size=edges, dtype=xp.int64)
+        loops = xp.arange(n, dtype=xp.int64) * (n + 1)
+    key = xp.unique(xp.concatenate([dst * n + src, loops]))  # sorted by (dst, src), no repeats
+    del src, dst
+    dst, src = key // n, key % n
+    del key
+    indptr = xp.zeros(n + 1, dtype=xp.int64)
+    indptr[1:] = xp.cumsum(xp.bincount(dst, minlength=n))
+    g = CSRGraph(indptr.astype(xp.int32), src.astype(xp.int32), (n, n))
+    return g, src, dst
 
 
 _GENERATORS = {"uniform": uniform, "powerlaw": powerlaw, "bipartite": bipartite}

@@ -20,6 +20,10 @@ only when one of them is selected.
     ``torch_geometric.nn.GATConv(in_dim, Dv, heads=H)`` (self-loops added by the
     layer, as sparsegat's) forward plus ``torch.autograd.grad`` of ``x`` and
     every parameter.
+
+Helpers of the layer benchmarks in ``bench/``: :func:`edge_index` (a graph as
+PyG's edge index), :func:`pyg_gatconv` (PyG's ``GATConv`` holding given
+parameters) and :func:`pyg_gatconv_grads` (its gradients in sparsegat's layout).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..arrays import to_numpy
+from ..graph import CSRGraph
 from .graphs import BenchGraph
 from .runners import NEGATIVE_SLOPE, Case, HostInputs, Skip
 
@@ -79,6 +85,47 @@ def edge_attention(q: Any, k: Any, v: Any, att: Any, src: Any, dst: Any, n_dst: 
     return scatter(a.unsqueeze(-1) * v[src], dst, dim=0, dim_size=n_dst, reduce="sum")
 
 
+def edge_index(g: CSRGraph) -> np.ndarray:
+    """PyG's edge index of ``g``: ``(2, nnz)`` int64, sources then destinations, in CSR order."""
+    return np.stack([to_numpy(g.indices), to_numpy(g.row_ids())]).astype(np.int64)
+
+
+def pyg_gatconv(params: dict[str, Any], *, add_self_loops: bool = True,
+                negative_slope: float = NEGATIVE_SLOPE, device: str = "cpu") -> Any:
+    """``torch_geometric.nn.GATConv`` on ``device`` holding copies of sparsegat-layout ``params``.
+
+    ``params`` as :func:`sparsegat.bench.layers.sparsegat_gatconv` takes them (NumPy or
+    CuPy arrays); PyG's ``lin.weight`` is ``W.T``, its ``att_src`` is ``att_src[None]``.
+    No dropout; heads concatenated.
+    """
+    import torch
+    from torch_geometric.nn import GATConv
+
+    W, att_src, att_dst, bias = (to_numpy(params[k]) for k in ("W", "att_src", "att_dst", "bias"))
+    heads, out = att_src.shape
+    conv = GATConv(W.shape[0], out, heads=heads, negative_slope=negative_slope, dropout=0.0,
+                   add_self_loops=add_self_loops).to(device)
+
+    def t(a: np.ndarray) -> Any:
+        return torch.as_tensor(np.ascontiguousarray(a), device=device)
+
+    with torch.no_grad():
+        conv.lin.weight.copy_(t(W.T))
+        conv.att_src.copy_(t(att_src)[None])
+        conv.att_dst.copy_(t(att_dst)[None])
+        conv.bias.copy_(t(bias))
+    return conv
+
+
+def pyg_gatconv_grads(conv: Any) -> dict[str, np.ndarray]:
+    """The parameter gradients of a PyG ``GATConv`` after ``backward``, in sparsegat's layout."""
+    def host(t: Any) -> np.ndarray:
+        return t.detach().cpu().numpy()
+
+    return {"W": host(conv.lin.weight.grad).T, "att_src": host(conv.att_src.grad)[0],
+            "att_dst": host(conv.att_dst.grad)[0], "bias": host(conv.bias.grad)}
+
+
 class PygRunner:
     """Prepares and returns the timed callables of PyG on the CPU or on CUDA."""
 
@@ -104,10 +151,8 @@ class PygRunner:
         return t.requires_grad_(grad)
 
     def _edges(self, bg: BenchGraph) -> tuple[Any, Any]:
-        g = bg.graph
-        indptr = np.asarray(g.indptr, dtype=np.int64)
-        dst = np.repeat(np.arange(g.n_dst, dtype=np.int64), np.diff(indptr))
-        return self._t(np.asarray(g.indices, dtype=np.int64)), self._t(dst)
+        src, dst = edge_index(bg.graph)
+        return self._t(src), self._t(dst)
 
     def prepare(self, case: Case, bg: BenchGraph, inputs: HostInputs) -> Callable[[], Any]:
         torch = self._torch

@@ -1,22 +1,7 @@
-"""Reports of ``sparsegat bench``: table, JSON, plot, bytes model, speed-ups, machine.
+"""Reports of ``sparsegat bench``: table, JSON, plot, speed-ups, machine.
 
-Effective bandwidth
--------------------
-``GB/s = model bytes / median time / 1e9``. The model counts every array the
-operation's interface reads or writes, each exactly once, at its real dtype
-(``b`` bytes per float, ``ib`` per index; ``D' = 1`` for ``additive``, whose
-``q`` and ``k`` are per-node terms; ``att`` only for ``gatv2``):
-
-- forward: graph ``(n_dst + 1 + nnz) * ib``, reads ``q, k, v, att``, writes ``out``;
-- backward: graph, reads ``q, k, v, att, out, dout``, writes ``dq, dk, dv, datt``;
-- layer: the graph with self-loops twice (forward and backward), ``x`` and the
-  parameters (``W``, ``att_src``, ``att_dst``, ``bias``) read twice, ``y`` written,
-  ``dy`` read, ``dx`` and the parameter gradients written.
-
-Intermediates (per-edge scores, saved softmax statistics, the transposed graph,
-PyG's per-edge tensors) are not counted: the figure is a lower bound of the
-traffic and comparable across backends, and a backend that moves more than the
-compulsory bytes shows a lower effective bandwidth.
+The bytes each operation must move (the effective-bandwidth column) come from
+:func:`sparsegat.bench.traffic.model_bytes`.
 """
 
 from __future__ import annotations
@@ -32,37 +17,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from .timing import cpu_threads, format_seconds
+from .traffic import model_bytes
 
 SCHEMA = "sparsegat-bench/1"
-
-
-# ---------------------------------------------------------------------------- bytes model
-
-
-def model_bytes(op: str, graph: dict[str, Any], config: dict[str, Any]) -> int:
-    """Compulsory bytes of one operation (see the module docstring)."""
-    b = np.dtype(config["dtype"]).itemsize
-    ib = np.dtype(graph["index_dtype"]).itemsize
-    n_d, n_s, nnz = graph["n_dst"], graph["n_src"], graph["nnz"]
-    H, Dv = config["heads"], config["dv"]
-    if op == "layer":
-        n = n_d
-        nnz_loops = graph.get("nnz_with_self_loops", nnz + n)
-        structure = (n + 1 + nnz_loops) * ib
-        x = n * config["in_dim"] * b
-        params = (config["in_dim"] * H * Dv + 3 * H * Dv) * b
-        y = n * H * Dv * b
-        forward = structure + x + params + y          # reads graph, x, params; writes y
-        backward = structure + x + params + y + x + params  # reads graph, x, params, dy; writes dx, dparams
-        return forward + backward
-    structure = (n_d + 1 + nnz) * ib
-    width = 1 if config["score"] == "additive" else config["d"]
-    q, k = n_d * H * width * b, n_s * H * width * b
-    v, out = n_s * H * Dv * b, n_d * H * Dv * b
-    att = H * config["d"] * b if config["score"] == "gatv2" else 0
-    if op == "forward":
-        return structure + q + k + v + att + out
-    return structure + 2 * (q + k + v + att) + out + out
 
 
 # ---------------------------------------------------------------------------- speed-ups

@@ -19,17 +19,11 @@ Operations:
     ``training=True`` (self-loops added by the layer, cached on the graph after
     the first call) and its ``backward(dy)`` (parameter gradients and ``dx``).
     ``x`` has ``n_src`` rows; on a non-square graph the first ``n_dst`` are the
-    destinations (needs ``n_dst <= n_src``). Where ``sparsegat.nn`` is missing,
-    the same step is spelled out with the public API (square graphs only):
-    ``h = x @ W``, the per-node terms ``att_src . h_j`` and ``att_dst . h_i``,
-    ``attention_forward(score="additive")``, bias, then the matching backward
-    (``attention_backward`` and the products giving ``dW``, ``datt_*``,
-    ``dbias``, ``dx``). Score and ``D`` do not apply to the layer.
+    destinations (needs ``n_dst <= n_src``). Score and ``D`` do not apply to the layer.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -90,10 +84,6 @@ class HostInputs:
     dout: np.ndarray | None = None
     x: np.ndarray | None = None
     dy: np.ndarray | None = None
-    W: np.ndarray | None = None
-    att_src: np.ndarray | None = None
-    att_dst: np.ndarray | None = None
-    bias: np.ndarray | None = None
 
 
 def make_inputs(case: Case, g: CSRGraph, seed: int) -> HostInputs:
@@ -110,10 +100,7 @@ def make_inputs(case: Case, g: CSRGraph, seed: int) -> HostInputs:
         return a.astype(dtype, copy=False)
 
     if case.op == "layer":
-        fan = 1.0 / np.sqrt(case.in_dim)
-        return HostInputs(x=normal(n_src, case.in_dim), dy=normal(n_dst, H * Dv),
-                          W=normal(case.in_dim, H * Dv, scale=fan), att_src=normal(H, Dv, scale=0.1),
-                          att_dst=normal(H, Dv, scale=0.1), bias=np.zeros(H * Dv, dtype=dtype))
+        return HostInputs(x=normal(n_src, case.in_dim), dy=normal(n_dst, H * Dv))
     if case.score == "additive":
         q, k = normal(n_dst, H), normal(n_src, H)
     else:
@@ -136,9 +123,6 @@ def sparsegat_backend_status(name: str) -> str | None:
     try:
         if not is_available(name):
             return "its package is not installed"
-        module = f"sparsegat.backends.{name}_backend"
-        if importlib.util.find_spec(module) is None:
-            return f"{module} does not exist (yet) in this installation"
         get_backend(name)
         if name == "cupy":
             import cupy
@@ -149,17 +133,6 @@ def sparsegat_backend_status(name: str) -> str | None:
         text = str(exc).strip().splitlines()
         return f"cannot be loaded ({type(exc).__name__}: {text[0] if text else ''})"
     return None
-
-
-def nn_gatconv() -> Any:
-    """``sparsegat.nn.GATConv`` when that module exists, else None."""
-    try:
-        if importlib.util.find_spec("sparsegat.nn") is None:
-            return None
-        from ..nn import GATConv  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return GATConv
 
 
 # ---------------------------------------------------------------------------- sparsegat runner
@@ -175,7 +148,7 @@ class SparsegatRunner:
 
     def implementation(self, op: str) -> str:
         if op == "layer":
-            return "sparsegat.nn.GATConv" if nn_gatconv() is not None else "public-API GAT layer step"
+            return "sparsegat.nn.GATConv"
         return f"sparsegat.attention_{op}"
 
     def _move(self, a: np.ndarray | None) -> Any:
@@ -201,16 +174,11 @@ class SparsegatRunner:
         return lambda: attention_backward(ctx, dout)
 
     def _layer(self, case: Case, g: CSRGraph, inputs: HostInputs) -> Callable[[], Any]:
-        GATConv = nn_gatconv()
-        if g.n_dst > g.n_src or (GATConv is None and g.n_dst != g.n_src):
-            raise Skip(f"the layer step needs n_dst <= n_src{'' if GATConv else ' and a square graph'}, "
-                       f"this graph is {g.shape[0]}x{g.shape[1]}")
-        x, dy = self._move(inputs.x), self._move(inputs.dy)
-        if GATConv is not None:
-            return self._nn_layer(GATConv, case, g, x, dy)
-        return self._fallback_layer(case, g.with_self_loops(), x, dy, inputs)
+        from ..nn import GATConv
 
-    def _nn_layer(self, GATConv: Any, case: Case, g: CSRGraph, x: Any, dy: Any) -> Callable[[], Any]:
+        if g.n_dst > g.n_src:
+            raise Skip(f"the layer step needs n_dst <= n_src, this graph is {g.shape[0]}x{g.shape[1]}")
+        x, dy = self._move(inputs.x), self._move(inputs.dy)
         layer = GATConv(case.in_dim, case.dv, heads=case.heads, dtype=np.dtype(case.dtype), seed=0,
                         backend=self.name)
         if self.kind == "cupy":
@@ -219,32 +187,6 @@ class SparsegatRunner:
         def step() -> Any:
             y = layer.forward(x, g, training=True)
             return y, layer.backward(dy)
-
-        return step
-
-    def _fallback_layer(self, case: Case, g: CSRGraph, x: Any, dy: Any, inputs: HostInputs) -> Callable[[], Any]:
-        from .. import attention_backward, attention_forward
-
-        W, att_src, att_dst, bias = (self._move(a) for a in (inputs.W, inputs.att_src, inputs.att_dst, inputs.bias))
-        n, H, F = g.n_dst, case.heads, case.dv
-        name = self.name
-
-        def step() -> Any:
-            h = (x @ W).reshape(n, H, F)
-            a_src = (h * att_src).sum(-1)
-            a_dst = (h * att_dst).sum(-1)
-            out, ctx = attention_forward(g, a_dst, a_src, h, score="additive", negative_slope=NEGATIVE_SLOPE,
-                                         backend=name)
-            y = out.reshape(n, H * F) + bias
-            gr = attention_backward(ctx, dy.reshape(n, H, F))
-            dh = gr.v + gr.k[..., None] * att_src + gr.q[..., None] * att_dst
-            d_att_src = (gr.k[..., None] * h).sum(0)
-            d_att_dst = (gr.q[..., None] * h).sum(0)
-            dh = dh.reshape(n, H * F)
-            dW = x.T @ dh
-            dx = dh @ W.T
-            dbias = dy.sum(0)
-            return y, dx, dW, d_att_src, d_att_dst, dbias
 
         return step
 

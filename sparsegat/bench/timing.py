@@ -25,7 +25,9 @@ it (inputs and, for backward, the forward context are already allocated and are
 not counted; outputs and temporaries are):
 
 - host, method ``rss-hwm`` (Linux): free heap pages are returned to the kernel
-  (``malloc_trim(0)``), the process's peak resident set (``VmHWM``) is reset by
+  (``malloc_trim(0)``; skipped with ``HostMemoryProbe(trim=False)``, so that
+  heap pages freed earlier and reused by the call are not counted), the
+  process's peak resident set (``VmHWM``) is reset by
   writing ``5`` to ``/proc/self/clear_refs``, and the result is
   ``VmHWM after the call - VmRSS before it``. It sees every allocation the call
   touches (NumPy, Numba's runtime, PyTorch's CPU allocator, BLAS buffers) at page
@@ -33,13 +35,21 @@ not counted; outputs and temporaries are):
 - host, method ``tracemalloc`` (fallback elsewhere): the peak traced by
   :mod:`tracemalloc`, which sees Python and NumPy allocations only (not Numba or
   PyTorch), so it can under-report.
-- GPU, CuPy: the default memory pool is emptied (``free_all_blocks``) before
+- GPU, CuPy, :class:`CupyLiveMemoryProbe`: the peak of the bytes held by live
+  allocations of the pool during the call beyond those live before (a CuPy
+  memory hook counts every allocation and free).
+- GPU, CuPy, :class:`CupyMemoryProbe`: the default memory pool is emptied (``free_all_blocks``) before
   the call; the result is ``pool.total_bytes()`` after the call minus the bytes in
   use before. The pool only grows when no cached block fits, so this is the
   call's peak pool footprint (an upper bound of its peak allocation: blocks are
   rounded to 512 bytes and may fragment).
 - GPU, torch: ``torch.cuda.max_memory_allocated()`` after
   ``reset_peak_memory_stats()``, minus ``memory_allocated()`` before.
+
+Scripts that time a few fixed calls over and over (the layer benchmarks in
+``bench/``) use :func:`time_calls` instead of :func:`measure`: warm-up calls,
+then ``repeat`` timed calls per measurement, no separate first call, the garbage
+collector left on; and :func:`run_json` to run a measurement in a fresh process.
 """
 
 from __future__ import annotations
@@ -47,8 +57,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import json
 import math
 import os
+import subprocess
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -204,11 +216,17 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 
 
 class HostMemoryProbe:
-    """Extra host memory one call needs; see the module docstring for the methods."""
+    """Extra host memory one call needs; see the module docstring for the methods.
 
-    def __init__(self) -> None:
-        self._trim = _load_malloc_trim()
+    ``trim=False`` keeps freed heap pages resident before the call (no
+    ``malloc_trim``). After :meth:`measure` with method ``rss-hwm``,
+    :attr:`rss_before_bytes` holds the resident set just before the call.
+    """
+
+    def __init__(self, trim: bool = True) -> None:
+        self._trim = _load_malloc_trim() if trim else None
         self.method = "rss-hwm" if self._hwm_resettable() else "tracemalloc"
+        self.rss_before_bytes: int | None = None
 
     @staticmethod
     def _reset_hwm() -> bool:
@@ -238,6 +256,7 @@ class HostMemoryProbe:
             self._trim(0)
         self._reset_hwm()
         before = _proc_status_kib("VmRSS") or 0
+        self.rss_before_bytes = before * 1024
         result = fn()
         peak = _proc_status_kib("VmHWM") or before
         del result
@@ -265,6 +284,41 @@ class CupyMemoryProbe:
         peak = pool.total_bytes() - before
         del result
         return max(0, int(peak))
+
+
+class CupyLiveMemoryProbe:
+    """Peak bytes of live CuPy pool allocations during one call beyond those live before it."""
+
+    method = "cupy-live-peak"
+
+    def __init__(self) -> None:
+        import cupy
+        from cupy.cuda import memory_hook
+
+        class PeakHook(memory_hook.MemoryHook):
+            name = "sparsegat_bench_peak"
+
+            def __init__(self) -> None:
+                self.current = self.peak = 0
+
+            def malloc_postprocess(self, **kw: Any) -> None:
+                self.current += kw["mem_size"]
+                self.peak = max(self.peak, self.current)
+
+            def free_postprocess(self, **kw: Any) -> None:
+                self.current -= kw["mem_size"]
+
+        self._cupy = cupy
+        self._hook = PeakHook
+
+    def measure(self, fn: Callable[[], Any]) -> int:
+        self._cupy.cuda.Device().synchronize()
+        hook = self._hook()
+        with hook:
+            result = fn()
+            self._cupy.cuda.Device().synchronize()
+        del result
+        return int(hook.peak)
 
 
 class TorchCudaMemoryProbe:
@@ -347,6 +401,57 @@ def measure(fn: Callable[[], Any], *, clock: Any = None, warmup: int = 1, repeat
         m.peak_gpu_bytes = gpu_probe.measure(fn)
         m.gpu_memory_method = gpu_probe.method
     return m
+
+
+def time_calls(fns: dict[str, Callable[[], Any]], *, warmup: int, repeat: int,
+               clock: Any = None) -> dict[str, list[float]]:
+    """Times of every callable of ``fns``, one measurement after another.
+
+    Each gets ``warmup`` untimed calls, then ``repeat`` timed ones. Without a
+    ``clock``, ``time.perf_counter`` around the bare call, which also releases the
+    call's result inside the timed interval (as a training loop drops the previous
+    step's outputs); with a clock (:class:`CupyClock`, :class:`TorchCudaClock`) its
+    :meth:`time`, after a synchronisation following the warm-up.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    times: dict[str, list[float]] = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        times[name] = []
+        if clock is not None:
+            clock.sync()
+            times[name] = [clock.time(fn) for _ in range(repeat)]
+            continue
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+class SubprocessError(RuntimeError):
+    """A measuring process failed; the message is the last line it wrote to stderr."""
+
+
+def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` in a fresh process and parse the last line of its stdout as JSON.
+
+    Raises :class:`SubprocessError` (with the process's last stderr line, and its
+    whole output in ``.output``) when it exits with a non-zero status or prints no JSON.
+    """
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    lines = res.stdout.strip().splitlines()
+    if res.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    err = res.stderr.strip().splitlines()
+    exc = SubprocessError(err[-1] if err else f"exit status {res.returncode}, no JSON on stdout")
+    exc.output = res.stdout + res.stderr  # type: ignore[attr-defined]
+    raise exc
 
 
 def format_seconds(t: float | None) -> str:

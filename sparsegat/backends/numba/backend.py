@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ...arrays import aligned_empty
 from .backward import backward_kernels, pack_rows
 from .dense import adam_update as adam_kernel, csr_matmul_rows
 from .forward import cosine_unit, forward_kernel, weights_kernel
@@ -70,19 +71,9 @@ def _transposed(g: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return g.cached(f"numba.transposed.{dtype}", build)
 
 
-#: Outputs are allocated on 64-byte (cache-line) boundaries: rows of 2^k bytes then never
-#: straddle a line, and OpenBLAS's ``a.T @ b`` (the weight gradient ``x.T @ dv`` of a layer)
-#: runs up to ~25x faster when ``a`` is 64-byte aligned (measured; see docs/numba.md).
-ALIGNMENT = 64
-
-
-def aligned_empty(shape: tuple, dtype: Any) -> np.ndarray:
-    """``np.empty(shape, dtype)`` whose data starts on a 64-byte boundary."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buf = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = (-buf.ctypes.data) % ALIGNMENT
-    return buf[start:start + nbytes].view(dtype).reshape(shape)
+# Outputs are allocated on 64-byte (cache-line) boundaries (aligned_empty): OpenBLAS's
+# ``a.T @ b`` (the weight gradient ``x.T @ dv`` of a layer) runs up to ~25x faster when ``a``
+# is aligned (measured; see docs/numba.md).
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
