@@ -8,28 +8,52 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import namespace
+from .arrays import array_kind, namespace, to_numpy
 from .backends import array_kind_of, get_backend, select_backend
 from .dropout import drop_threshold, mix_seed
 from .graph import CSRGraph
-from .spec import SCALAR_SCORES, SCORES, TAU_SCORES, AttentionContext, AttentionSpec, Gradients
+from .spec import (ROW_INV_DENOM, ROW_LOG_DENOM, ROW_MAX, SCALAR_SCORES, SCORES, TAU_SCORES, AttentionContext,
+                   AttentionSpec, Gradients)
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Scores that use ``negative_slope`` (LeakyReLU).
+SLOPE_SCORES = ("additive", "gatv2")
 
 
 def _real(name: str, value: Any) -> float:
-    """A finite real number from a Python/NumPy scalar or a size-1 array."""
+    """A finite real number from a Python/NumPy real scalar or a size-1 real array."""
     if isinstance(value, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    if hasattr(value, "shape") and getattr(value, "size", 0) == 1:
-        value = value.reshape(()).item() if hasattr(value, "reshape") else value
+    if hasattr(value, "dtype") and hasattr(value, "shape"):  # NumPy/CuPy arrays and NumPy scalars
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"{name} must be a real number, got a masked array")
+        if np.dtype(value.dtype).kind not in "iuf":
+            raise TypeError(f"{name} must be a real number, got an array of dtype {value.dtype}")
+        if getattr(value, "size", 0) != 1:
+            raise TypeError(f"{name} must be a real number, got an array of shape {tuple(value.shape)}")
+        value = value.reshape(()).item()
     try:
         out = float(operator.index(value)) if isinstance(value, (int, np.integer)) else float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got {value!r}, beyond the range of a float") from None
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     if not math.isfinite(out):
         raise ValueError(f"{name} must be finite, got {out}")
     return out
+
+
+def _check_options_fit(spec: AttentionSpec, dtype: np.dtype) -> None:
+    """``tau`` and ``negative_slope`` (where the score uses them) must be finite in the inputs' dtype."""
+    used = [("tau", spec.tau)] if spec.score in TAU_SCORES else []
+    if spec.score in SLOPE_SCORES:
+        used.append(("negative_slope", spec.negative_slope))
+    for name, value in used:
+        with np.errstate(over="ignore"):
+            fits = bool(np.isfinite(dtype.type(value)))
+        if not fits:
+            raise ValueError(f"{name}={value!r} is not finite in the inputs' dtype {dtype} (largest "
+                             f"{float(np.finfo(dtype).max):.4g}); use a smaller {name} or float64 inputs")
 
 
 def _make_spec(score: Any, tau: Any, negative_slope: Any, dropout: Any, seed: Any) -> AttentionSpec:
@@ -57,6 +81,53 @@ def _make_spec(score: Any, tau: Any, negative_slope: Any, dropout: Any, seed: An
     return AttentionSpec(score, tau, negative_slope, dropout, mix_seed(seed), drop_threshold(dropout), seed)
 
 
+def _as_array(name: str, a: Any) -> Any:
+    """``a`` as a NumPy or CuPy array: arrays as they are, NumPy array-likes (nested lists,
+    objects with ``__array__``) converted once with :func:`numpy.asarray`.
+
+    Refused with ``TypeError`` naming the argument: None, scalars and strings, masked arrays
+    (their mask would be ignored), and arrays of other GPU libraries (which
+    ``numpy.asarray`` would silently copy to the host).
+    """
+    if a is None:
+        raise TypeError(f"{name} must be a NumPy or CuPy array (or a nested list), got None")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array (numpy.ma), whose mask would be ignored; "
+                        f"pass {name}.filled(value) or drop the masked entries")
+    kind = array_kind(a)
+    if kind == "cupy":
+        return a
+    if kind == "numpy":
+        return a if type(a) is np.ndarray else np.asarray(a)  # subclasses (np.matrix, memmap) as plain arrays
+    if isinstance(a, (str, bytes, int, float, complex, np.generic)):
+        raise TypeError(f"{name} must be a NumPy or CuPy array (or a nested list), got {type(a).__name__}")
+    if _on_gpu(a):
+        raise TypeError(f"{name} is a {type(a).__module__}.{type(a).__name__} on a GPU; pass a CuPy array "
+                        f"(cupy.from_dlpack({name})) or a NumPy array, it is not copied to the host silently")
+    try:
+        out = np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a NumPy or CuPy array, or convertible to one; "
+                        f"{type(a).__name__} is not: {exc}") from None
+    if out.dtype == object:
+        raise TypeError(f"{name} must be a NumPy or CuPy array, or convertible to one of numbers; "
+                        f"{type(a).__name__} converts to an array of objects")
+    return out
+
+
+def _on_gpu(a: Any) -> bool:
+    """True for an array object of another library that lives in GPU memory (torch, JAX, Numba...)."""
+    if hasattr(a, "__cuda_array_interface__"):
+        return True
+    device = getattr(a, "__dlpack_device__", None)
+    if callable(device):
+        try:
+            return int(device()[0]) != 1  # DLPack's kDLCPU
+        except Exception:  # noqa: BLE001 - not a usable DLPack object: let numpy decide
+            return False
+    return False
+
+
 def _check_float(name: str, a: Any, ndim: int) -> None:
     if np.dtype(a.dtype) not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
@@ -64,12 +135,15 @@ def _check_float(name: str, a: Any, ndim: int) -> None:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
 
 
-def _check_inputs(g: Any, q: Any, k: Any, v: Any | None, att: Any, edge_bias: Any,
-                  score: str) -> tuple[str, np.dtype]:
-    """Validate graph/array shapes and dtypes; return (array kind, dtype)."""
+def _check_inputs(g: Any, arrays: dict[str, Any], score: str,
+                  required: tuple[str, ...]) -> tuple[str, np.dtype, dict[str, Any]]:
+    """Validate the graph and the arrays ``q``, ``k``, ``v``, ``att``, ``edge_bias`` (the
+    optional ones None where absent); return (array kind, dtype, the arrays as NumPy/CuPy arrays)."""
     if not isinstance(g, CSRGraph):
         raise TypeError(f"g must be a CSRGraph, got {type(g).__name__}")
-    kind = array_kind_of([("q", q), ("k", k), ("v", v), ("att", att), ("edge_bias", edge_bias)])
+    arrays = {n: (None if a is None and n not in required else _as_array(n, a)) for n, a in arrays.items()}
+    q, k, v, att, edge_bias = (arrays[n] for n in ("q", "k", "v", "att", "edge_bias"))
+    kind = array_kind_of(list(arrays.items()))
     if g.device != kind:
         raise TypeError(f"g is on {g.device!r} but the arrays are {kind} arrays; use g.to({kind!r})")
     scalar = score in SCALAR_SCORES
@@ -110,18 +184,87 @@ def _check_inputs(g: Any, q: Any, k: Any, v: Any | None, att: Any, edge_bias: An
     for name, a in named:
         if np.dtype(a.dtype) != dtype:
             raise TypeError(f"mixed dtypes: q is {dtype} but {name} is {a.dtype}")
-    return kind, dtype
+    return kind, dtype, arrays
 
 
-def _contiguous(kind: str, *arrays: Any) -> list[Any]:
+def _contiguous(kind: str, arrays: dict[str, Any]) -> dict[str, Any]:
     xp = namespace(kind)
-    return [None if a is None else xp.ascontiguousarray(a) for a in arrays]
+    return {n: None if a is None else xp.ascontiguousarray(a) for n, a in arrays.items()}
 
 
+# ---------------------------------------------------------------------- the NaN/inf rule
+def _all_finite(a: Any) -> bool:
+    """Whether every entry of ``a`` is finite: two reductions (min and max propagate NaN),
+    no temporary of the array's size; NumPy and CuPy alike."""
+    if a.size == 0:
+        return True
+    return bool(np.isfinite(float(a.min()))) and bool(np.isfinite(float(a.max())))
+
+
+def _check_finite_inputs(arrays: dict[str, Any]) -> None:
+    """``check_finite=True``: refuse NaN and +-inf in any input, naming it."""
+    for name, a in arrays.items():
+        if a is not None and not _all_finite(a):
+            raise ValueError(f"{name} contains NaN or infinite values; pass finite {name} (to mask an edge, "
+                             f"give it a large negative finite edge_bias such as -1e9, or remove the edge), "
+                             f"or check_finite=False to skip this check (results for non-finite inputs "
+                             f"are then unspecified)")
+
+
+def _first_bad(a: Any) -> tuple[int, ...]:
+    """Index of the first non-finite entry of ``a`` (only called when there is one)."""
+    bad = np.flatnonzero(~np.isfinite(to_numpy(a)))
+    return tuple(int(i) for i in np.unravel_index(int(bad[0]), a.shape)) if bad.size else ()
+
+
+def _remedy(score: str, dtype: np.dtype) -> str:
+    fixes = {"dot": ["smaller q and k", "score='scaled_dot'"], "scaled_dot": ["smaller q and k"],
+             "cosine": ["a smaller tau"], "euclidean": ["smaller q and k", "a smaller tau"],
+             "additive": ["smaller q and k"], "gatv2": ["smaller q, k and att"]}[score]
+    fixes.append("a smaller edge_bias")
+    if dtype == np.float32:
+        fixes.append("float64 inputs")
+    return ", ".join(fixes[:-1]) + " or " + fixes[-1]
+
+
+def _unchecked(check_finite: bool) -> str:
+    return "" if check_finite else " (or an input is not finite: check_finite=False skipped that check)"
+
+
+def _check_scores(spec: AttentionSpec, dtype: np.dtype, saved: dict, check_finite: bool) -> None:
+    """After a forward pass: a non-finite row maximum or softmax denominator (saved by every
+    backend, (n_dst, H) each; 0 for empty rows) means a score overflowed (+-inf or NaN)."""
+    for key in (ROW_MAX, ROW_LOG_DENOM, ROW_INV_DENOM):
+        stat = saved.get(key)
+        if stat is not None and not _all_finite(stat):
+            row, head = _first_bad(stat)
+            raise ValueError(f"the {spec.score!r} scores of row {row} (head {head}) overflowed {dtype} "
+                             f"(a score is inf or NaN although the inputs are finite)"
+                             f"{_unchecked(check_finite)}; use {_remedy(spec.score, dtype)}")
+
+
+def _check_result(name: str, a: Any, spec: AttentionSpec, dtype: np.dtype, check_finite: bool,
+                  what: str) -> None:
+    """A result that is not finite although the inputs are: refuse it, naming it."""
+    if not _all_finite(a):
+        at = _first_bad(a)
+        where = f" at index {at}" if at else ""
+        raise ValueError(f"non-finite value in {name}{where} although the inputs are finite"
+                         f"{_unchecked(check_finite)}: {what} overflowed {dtype}; use {_remedy(spec.score, dtype)}")
+
+
+def _check_forward_result(spec: AttentionSpec, dtype: np.dtype, saved: dict, out: Any, check_finite: bool) -> None:
+    """The NaN/inf rule after a forward pass of any backend: its saved row statistics
+    (O(n_dst*H)), then ``out`` (O(n_dst*H*Dv), the size of the result)."""
+    _check_scores(spec, dtype, saved, check_finite)
+    _check_result("out", out, spec, dtype, check_finite, f"a {spec.score!r} score or the weighted sum of v")
+
+
+# ---------------------------------------------------------------------- public functions
 def attention_forward(g: CSRGraph, q: Any, k: Any, v: Any, score: str = "dot", att: Any = None,
                       tau: float = 1.0, negative_slope: float = 0.2, edge_bias: Any = None,
                       dropout: float = 0.0, seed: int | None = None,
-                      backend: str | None = None) -> tuple[Any, AttentionContext]:
+                      backend: str | None = None, check_finite: bool = True) -> tuple[Any, AttentionContext]:
     """Sparse graph attention: per-edge scores, a softmax over each row, aggregation of values.
 
     Parameters
@@ -129,7 +272,8 @@ def attention_forward(g: CSRGraph, q: Any, k: Any, v: Any, score: str = "dot", a
     g : CSRGraph
         Graph of shape ``(n_dst, n_src)``; row ``i`` attends to its columns.
     q : array, shape (n_dst, H, D), or (n_dst, H) for ``score="additive"``
-        Queries (destination side).
+        Queries (destination side). NumPy or CuPy arrays; NumPy array-likes
+        (nested lists) are converted with :func:`numpy.asarray`.
     k : array, shape (n_src, H, D), or (n_src, H) for ``score="additive"``
         Keys (source side).
     v : array, shape (n_src, H, Dv)
@@ -139,9 +283,9 @@ def attention_forward(g: CSRGraph, q: Any, k: Any, v: Any, score: str = "dot", a
     att : array, shape (H, D), optional
         Attention vector of ``gatv2`` (required there, refused elsewhere).
     tau : float
-        Temperature of ``cosine`` and ``euclidean``.
+        Temperature of ``cosine`` and ``euclidean``; finite in the inputs' dtype.
     negative_slope : float
-        LeakyReLU slope of ``additive`` and ``gatv2``.
+        LeakyReLU slope of ``additive`` and ``gatv2``; finite in the inputs' dtype.
     edge_bias : array, shape (nnz, H), optional
         Added to every score, in CSR order.
     dropout : float
@@ -151,6 +295,11 @@ def attention_forward(g: CSRGraph, q: Any, k: Any, v: Any, score: str = "dot", a
         Drawn at random when dropout is on and no seed is given.
     backend : {"numpy", "numba", "cupy"}, optional
         Overrides dispatch by array type (and ``$SPARSEGAT_BACKEND``).
+    check_finite : bool, default True
+        Refuse (``ValueError`` naming the argument) ``q``, ``k``, ``v``, ``att`` or
+        ``edge_bias`` holding NaN or infinite values. ``False`` skips this check (two
+        reductions per input) for speed; results for non-finite inputs are then
+        unspecified (possibly NaN, or a ``ValueError``), but never a crash.
 
     Returns
     -------
@@ -158,16 +307,29 @@ def attention_forward(g: CSRGraph, q: Any, k: Any, v: Any, score: str = "dot", a
         Aggregated values; zero for rows without edges.
     ctx : AttentionContext
         Everything :func:`attention_backward` needs.
+
+    Raises
+    ------
+    ValueError
+        Also when, for finite inputs, a score overflows the dtype (``inf`` or NaN; the
+        message names the score and the row) or ``out`` does: the result is never
+        silently non-finite.
     """
     spec = _make_spec(score, tau, negative_slope, dropout, seed)
-    kind, _ = _check_inputs(g, q, k, v, att, edge_bias, spec.score)
+    kind, dtype, arrays = _check_inputs(g, dict(q=q, k=k, v=v, att=att, edge_bias=edge_bias), spec.score,
+                                        ("q", "k", "v"))
+    _check_options_fit(spec, dtype)
     name = select_backend(kind, backend)
-    q, k, v, att, edge_bias = _contiguous(kind, q, k, v, att, edge_bias)
+    arrays = _contiguous(kind, arrays)
+    if check_finite:
+        _check_finite_inputs(arrays)
+    q, k, v, att, edge_bias = (arrays[n] for n in ("q", "k", "v", "att", "edge_bias"))
     out, saved = get_backend(name).forward(g, q, k, v, att, edge_bias, spec)
+    _check_forward_result(spec, dtype, saved, out, check_finite)
     return out, AttentionContext(g, q, k, v, att, edge_bias, spec, name, out, saved)
 
 
-def attention_backward(ctx: AttentionContext, dout: Any) -> Gradients:
+def attention_backward(ctx: AttentionContext, dout: Any, check_finite: bool = True) -> Gradients:
     """Gradients of a loss with respect to every input of :func:`attention_forward`.
 
     Parameters
@@ -175,7 +337,11 @@ def attention_backward(ctx: AttentionContext, dout: Any) -> Gradients:
     ctx : AttentionContext
         The context returned by the forward pass.
     dout : array, shape (n_dst, H, Dv)
-        Gradient of the loss with respect to ``out``.
+        Gradient of the loss with respect to ``out`` (a NumPy array-like is converted
+        with :func:`numpy.asarray`).
+    check_finite : bool, default True
+        Refuse a ``dout`` holding NaN or infinite values (``ValueError``). ``False``
+        skips the check; results for a non-finite ``dout`` are then unspecified.
 
     Returns
     -------
@@ -183,9 +349,16 @@ def attention_backward(ctx: AttentionContext, dout: Any) -> Gradients:
         ``q``, ``k``, ``v`` always; ``att`` for ``gatv2``; ``tau`` (a 0-d array)
         for ``cosine`` and ``euclidean``; ``edge_bias`` when one was given.
         Deterministic: bitwise identical from run to run on every backend.
+
+    Raises
+    ------
+    ValueError
+        Also when a gradient overflows the dtype for finite inputs (it names the
+        gradient): gradients are never silently non-finite.
     """
     if not isinstance(ctx, AttentionContext):
         raise TypeError(f"ctx must be the AttentionContext returned by attention_forward, got {type(ctx).__name__}")
+    dout = _as_array("dout", dout)
     kind = array_kind_of([("dout", dout)])
     if kind != ctx.graph.device:
         raise TypeError(f"dout is a {kind} array but the forward pass ran on {ctx.graph.device} arrays")
@@ -193,24 +366,38 @@ def attention_backward(ctx: AttentionContext, dout: Any) -> Gradients:
         raise ValueError(f"dout must have the shape of out, {tuple(ctx.out.shape)}, got {tuple(dout.shape)}")
     if np.dtype(dout.dtype) != np.dtype(ctx.out.dtype):
         raise TypeError(f"dout must have dtype {ctx.out.dtype} like out, got {dout.dtype}")
-    (dout,) = _contiguous(kind, dout)
+    dout = _contiguous(kind, {"dout": dout})["dout"]
+    if check_finite:
+        _check_finite_inputs({"dout": dout})
     grads = get_backend(ctx.backend).backward(ctx.graph, ctx.q, ctx.k, ctx.v, ctx.att, ctx.edge_bias,
                                               ctx.spec, ctx.out, ctx.saved, dout)
+    dtype = np.dtype(ctx.out.dtype)
+    for name, grad in grads.items():
+        _check_result(f"the gradient of {name}", grad, ctx.spec, dtype, check_finite,
+                      f"a {ctx.spec.score!r} score (or a product with its gradient)")
     return Gradients(**grads)
 
 
 def attention_weights(g: CSRGraph, q: Any, k: Any, score: str = "dot", att: Any = None,
                       tau: float = 1.0, negative_slope: float = 0.2, edge_bias: Any = None,
                       dropout: float = 0.0, seed: int | None = None,
-                      backend: str | None = None) -> Any:
+                      backend: str | None = None, check_finite: bool = True) -> Any:
     """Attention weights ``a_ijh`` of every edge, shape (nnz, H), in CSR order.
 
-    Arguments as in :func:`attention_forward`. With dropout, the weights are
-    those the forward pass uses: dropped edges are 0 and kept ones scaled by
-    ``1 / (1 - dropout)``. Non-empty rows sum to 1 without dropout.
+    Arguments as in :func:`attention_forward` (``check_finite`` covers ``q``, ``k``,
+    ``att`` and ``edge_bias``). With dropout, the weights are those the forward pass
+    uses: dropped edges are 0 and kept ones scaled by ``1 / (1 - dropout)``. Non-empty
+    rows sum to 1 without dropout. A score that overflows for finite inputs raises
+    ``ValueError``, as in the forward pass.
     """
     spec = _make_spec(score, tau, negative_slope, dropout, seed)
-    kind, _ = _check_inputs(g, q, k, None, att, edge_bias, spec.score)
+    kind, dtype, arrays = _check_inputs(g, dict(q=q, k=k, v=None, att=att, edge_bias=edge_bias),
+                                        spec.score, ("q", "k"))
+    _check_options_fit(spec, dtype)
     name = select_backend(kind, backend)
-    q, k, att, edge_bias = _contiguous(kind, q, k, att, edge_bias)
-    return get_backend(name).weights(g, q, k, att, edge_bias, spec)
+    arrays = _contiguous(kind, arrays)
+    if check_finite:
+        _check_finite_inputs(arrays)
+    w = get_backend(name).weights(g, arrays["q"], arrays["k"], arrays["att"], arrays["edge_bias"], spec)
+    _check_result("the weights", w, spec, dtype, check_finite, f"a {spec.score!r} score")
+    return w

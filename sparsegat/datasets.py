@@ -20,7 +20,14 @@ import numpy as np
 from .csr_format import check_csr, row_ids
 from .graph import CSRGraph
 
-__all__ = ["Dataset", "DatasetError", "load_npz", "synthetic", "row_normalize"]
+__all__ = ["Dataset", "DatasetError", "load_npz", "read_npz_arrays", "synthetic", "row_normalize"]
+
+#: A deflate stream expands at most about 1032 times; a member that claims more is lying.
+_MAX_DEFLATE_RATIO = 1100
+#: Sparse features may declare at most this many columns (the first layer's weight has one row per feature).
+MAX_FEATURES = 1 << 24
+#: Labels are stored as int64 and the output layer gets ``max(y) + 1`` classes: refuse more than this.
+MAX_CLASSES = 1 << 20
 
 
 class DatasetError(ValueError):
@@ -144,27 +151,124 @@ def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
     return Dataset(name, graph, x, y, masks["train_mask"], masks["val_mask"], masks["test_mask"], num_classes)
 
 
+def read_npz_arrays(path: str | os.PathLike, what: str = "an .npz archive", *,
+                    error: type[ValueError] = ValueError) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive ``path``, read safely; the one reader of ``.npz`` files.
+
+    Used by :func:`load_npz`, ``sparsegat bench --graph`` and ``nn.load_params``. Nothing
+    is unpickled or executed, and nothing is allocated before its size has been checked
+    against the bytes the file actually holds. Refused with ``error`` (a ``ValueError``
+    subclass) naming the file and the problem: a file that is not a zip archive (a
+    single ``.npy`` array, a Matrix Market or text file...), a member that is not an
+    ``.npy`` array, an object (pickled) array, a header whose shape and dtype do not
+    match the member's size, a member larger than the file, a compressed member that
+    claims to expand more than deflate can, corrupt or truncated data.
+
+    Parameters
+    ----------
+    path : str or path-like
+    what : str
+        What the file should be, for the messages (``"a data set (.npz)"``).
+    error : ValueError subclass
+        The exception type raised.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    """
+    path = os.fspath(path)
+
+    def fail(msg: str) -> ValueError:
+        return error(f"{path}: {msg}")
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such file or directory", path)
+    if os.path.isdir(path):
+        raise fail(f"is a directory, not {what}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        on_disk = os.path.getsize(path)
+        if not zipfile.is_zipfile(path):
+            if head == b"\x93NUMPY":
+                raise fail(f"holds a single array (an .npy file), so it is not {what}")
+            raise fail(f"not a readable .npz archive (not a zip of .npy arrays), so not {what}")
+        with zipfile.ZipFile(path) as archive:
+            data: dict[str, np.ndarray] = {}
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                key = _npz_member_key(info, fail)
+                if key in data:
+                    raise fail(f"holds the array {key!r} twice")
+                data[key] = _read_member(archive, info, key, on_disk, fail)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError,
+            NotImplementedError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise fail(f"not a readable .npz archive ({_reason(exc)})") from None
+    except ValueError as exc:
+        if isinstance(exc, error):
+            raise
+        raise fail(f"not a readable .npz archive ({_reason(exc)})") from None
+    return data
+
+
+def _npz_member_key(info: zipfile.ZipInfo, fail: Any) -> str:
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise fail(f"member {name!r} is not an .npy array (an .npz archive holds only .npy arrays)")
+    return name[:-4]
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, on_disk: int, fail: Any) -> np.ndarray:
+    """One ``.npy`` member, after checking its header against the bytes present."""
+    fmt = np.lib.format
+    if info.compress_size > on_disk:
+        raise fail(f"array {key!r} claims {info.compress_size} stored bytes, more than the whole file "
+                   f"({on_disk} bytes): the archive is truncated or corrupt")
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise fail(f"array {key!r}: corrupt zip entry (stored member of {info.file_size} bytes "
+                   f"in {info.compress_size})")
+    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 4096:
+        raise fail(f"array {key!r} claims {info.file_size} bytes from {info.compress_size} compressed ones, "
+                   f"more than deflate can expand: the archive is corrupt")
+    with archive.open(info) as fp:
+        try:
+            version = fmt.read_magic(fp)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+            else:
+                shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+        except (ValueError, EOFError) as exc:
+            raise fail(f"array {key!r} is not a valid .npy array ({_reason(exc)})") from None
+        header = fp.tell()
+    if dtype.hasobject:
+        raise fail(f"array {key!r} is an object array, which would need unpickling; refused")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    nbytes = count * dtype.itemsize
+    if header + nbytes != info.file_size:
+        raise fail(f"array {key!r} declares shape {tuple(shape)} of {dtype} ({nbytes} bytes), but the member "
+                   f"holds {info.file_size - header} bytes of data")
+    with archive.open(info) as fp:
+        try:
+            return fmt.read_array(fp, allow_pickle=False)
+        except (ValueError, EOFError) as exc:
+            raise fail(f"array {key!r} cannot be read ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _read_arrays(path: str) -> dict[str, np.ndarray]:
     """Every array of the archive (never unpickled), after checking the required keys are there."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise _fail(path, "is a directory, not an .npz file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise _fail(path, f"not a readable .npz archive ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise _fail(path, "holds a single array; expected an .npz archive with indptr, indices, features, y and masks")
-    data: dict[str, np.ndarray] = {}
-    with archive:
-        for key in archive.files:
-            try:
-                data[key] = archive[key]
-            except ValueError:
-                raise _fail(path, f"array '{key}' is an object array, which would need unpickling; refused") from None
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise _fail(path, f"array '{key}' cannot be read ({exc})") from None
+    data = read_npz_arrays(path, "a data set (an .npz archive of arrays in the layout of docs/data.md)",
+                           error=DatasetError)
     missing = [k for k in _REQUIRED if k not in data]
     if not _has_sparse_features(data) and "x" not in data:
         missing.append("x (or x_indptr, x_indices, x_data, x_shape)")
@@ -186,6 +290,8 @@ def _labels(path: str, data: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
         raise _fail(path, "'y' is empty: the data set has no nodes")
     if int(y.min()) < 0:
         raise _fail(path, f"labels must be >= 0, got {int(y.min())}")
+    if int(y.max()) >= MAX_CLASSES:  # before the cast: uint64 labels >= 2**63 would wrap to negative
+        raise _fail(path, f"labels must be < {MAX_CLASSES} (the classes are 0 .. max(y)), got {int(y.max())}")
     y = y.astype(np.int64)
     return y, int(y.max()) + 1
 
@@ -224,6 +330,9 @@ def _sparse_features(path: str, data: dict[str, np.ndarray], n: int) -> Any:
     rows_x, cols_x = int(x_shape[0]), int(x_shape[1])
     if rows_x != n or cols_x < 1:
         raise _fail(path, f"'x_shape' is ({rows_x}, {cols_x}) but there are {n} nodes")
+    if cols_x > MAX_FEATURES:
+        raise _fail(path, f"'x_shape' declares {cols_x} features, more than the {MAX_FEATURES} allowed "
+                          f"(a model would need a weight row per feature)")
     x_indptr, x_indices, x_data = data["x_indptr"], data["x_indices"], data["x_data"]
     if x_data.ndim != 1 or x_data.dtype.kind not in "biuf":
         raise _fail(path, f"'x_data' must be a 1-D numeric array, got shape {x_data.shape} dtype {x_data.dtype}")

@@ -39,8 +39,57 @@ def _check_shape(shape: Any) -> tuple[int, int]:
     return out[0], out[1]
 
 
+def sealed(a: Any) -> Any:
+    """A read-only copy of the NumPy array ``a`` that nobody can make writeable again.
+
+    The data lives in an immutable ``bytes`` object: NumPy lets ``flags.writeable`` be
+    set back to True only when the memory's ultimate owner is writeable, and ``bytes``
+    is not, so neither the returned array nor any view of it can be written. An array
+    that is already sealed is returned as is (no copy). CuPy arrays have no writeable
+    flag and are returned unchanged: GPU graph arrays must not be modified.
+    """
+    if not isinstance(a, np.ndarray):
+        return a
+    if _is_sealed(a):
+        return a
+    a = np.ascontiguousarray(a)
+    out = np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape)
+    return out
+
+
+def _is_sealed(a: np.ndarray) -> bool:
+    if a.flags.writeable:
+        return False
+    base = a
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable or base.flags.owndata:
+            return False
+        base = base.base
+    return isinstance(base, bytes)
+
+
+def _seal_all(obj: Any) -> Any:
+    """``obj`` with every NumPy array in it (tuples, lists, dicts, dataclasses) sealed (for ``cached``)."""
+    import dataclasses
+    import types
+
+    if isinstance(obj, np.ndarray):
+        return sealed(obj)
+    if isinstance(obj, tuple):
+        items = [_seal_all(x) for x in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, list):
+        return tuple(_seal_all(x) for x in obj)
+    if isinstance(obj, (dict, types.MappingProxyType)):
+        return types.MappingProxyType({k: _seal_all(v) for k, v in obj.items()})
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: _seal_all(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    return obj
+
+
 def _as_index_array(name: str, a: Any, xp: Any) -> Any:
-    """Return ``a`` as a 1-D int32/int64 array of namespace ``xp`` (a copy)."""
+    """Return ``a`` as a 1-D int32/int64 array of namespace ``xp`` (a copy, sealed on the host)."""
     arr = xp.asarray(a)
     if isinstance(a, (list, tuple)) and arr.size == 0:
         arr = arr.astype(np.int64)  # an empty Python list is an empty edge list, not float data
@@ -52,8 +101,9 @@ def _as_index_array(name: str, a: Any, xp: Any) -> Any:
         raise ValueError(f"{name} has values up to {int(arr.max())}, which overflow int64 indices")
     if arr.dtype not in (np.int32, np.int64):
         arr = arr.astype(np.int64)
-    # Copy: the graph owns its arrays, so later changes by the caller cannot break it.
-    return arr.copy()
+    # Copy before checking: the graph owns its arrays, so later changes by the caller (even
+    # from another thread, between the check and the use) cannot break it.
+    return sealed(arr) if xp is np else arr.copy()
 
 
 class CSRGraph:
@@ -74,9 +124,15 @@ class CSRGraph:
     use :meth:`from_scipy` or :meth:`from_edge_index` to canonicalise. The index
     dtype of the arrays given (int32 or int64) is kept when the sizes fit it, so
     tests can exercise both; other integer dtypes become int64.
+
+    A graph is immutable: ``indptr``, ``indices`` and ``shape`` cannot be reassigned,
+    and on the host its arrays and every cached structure (``transposed()``,
+    ``row_ids()``, whatever ``cached`` stores) are read-only, in memory whose
+    ``writeable`` flag cannot be set back to True. CuPy arrays have no such flag:
+    the arrays of a graph on the GPU must not be modified.
     """
 
-    __slots__ = ("indptr", "indices", "shape", "_transposed", "_row_ids", "_other")
+    __slots__ = ("_indptr", "_indices", "_shape", "_transposed", "_row_ids", "_other")
 
     def __init__(self, indptr: Any, indices: Any, shape: tuple[int, int]) -> None:
         kind = array_kind(indptr) or array_kind(indices) or "numpy"
@@ -93,15 +149,28 @@ class CSRGraph:
         self._init(indptr.astype(dtype, copy=False), indices.astype(dtype, copy=False), (n_dst, n_src))
 
     def _init(self, indptr: Any, indices: Any, shape: tuple[int, int]) -> None:
-        self.indptr = indptr
-        self.indices = indices
-        self.shape = shape
-        self._transposed = None
-        self._row_ids = None
-        self._other = {}
-        if array_kind(indptr) == "numpy":
-            indptr.flags.writeable = False
-            indices.flags.writeable = False
+        _set = object.__setattr__
+        _set(self, "_indptr", sealed(indptr))
+        _set(self, "_indices", sealed(indices))
+        _set(self, "_shape", (int(shape[0]), int(shape[1])))
+        _set(self, "_transposed", None)
+        _set(self, "_row_ids", None)
+        _set(self, "_other", {})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"CSRGraph is immutable: cannot set {name!r}; build a new graph instead")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"CSRGraph is immutable: cannot delete {name!r}")
+
+    def __copy__(self) -> "CSRGraph":
+        return self
+
+    def __deepcopy__(self, memo: Any) -> "CSRGraph":
+        return self
+
+    def __reduce__(self) -> Any:
+        return (CSRGraph, (to_numpy(self._indptr), to_numpy(self._indices), self._shape))
 
     @classmethod
     def _trusted(cls, indptr: Any, indices: Any, shape: tuple[int, int]) -> "CSRGraph":
@@ -184,6 +253,21 @@ class CSRGraph:
 
     # ------------------------------------------------------------------ properties
     @property
+    def indptr(self) -> Any:
+        """Row pointers, shape ``(n_dst + 1,)`` (read-only)."""
+        return self._indptr
+
+    @property
+    def indices(self) -> Any:
+        """Source node of every edge in CSR order, shape ``(nnz,)`` (read-only)."""
+        return self._indices
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_dst, n_src)``."""
+        return self._shape
+
+    @property
     def n_dst(self) -> int:
         """Number of destination nodes (rows)."""
         return self.shape[0]
@@ -220,7 +304,7 @@ class CSRGraph:
     def row_ids(self) -> Any:
         """Destination node of every edge in CSR order (cached), shape (nnz,)."""
         if self._row_ids is None:
-            self._row_ids = _row_ids(self.indptr, self.index_dtype)
+            object.__setattr__(self, "_row_ids", sealed(_row_ids(self.indptr, self.index_dtype)))
         return self._row_ids
 
     def transposed(self) -> tuple[Any, Any, Any]:
@@ -249,13 +333,19 @@ class CSRGraph:
                 import cupy
 
                 t_indptr, t_indices, t_perm = (cupy.asarray(a) for a in (t_indptr, t_indices, t_perm))
-            self._transposed = (t_indptr, t_indices, t_perm)
+            object.__setattr__(self, "_transposed", _seal_all((t_indptr, t_indices, t_perm)))
         return self._transposed
 
     def cached(self, key: str, build: Any) -> Any:
-        """Return ``build()`` cached on this graph under ``key`` (for backends' own structures)."""
+        """Return ``build()`` cached on this graph under ``key`` (for backends' own structures).
+
+        What is stored is made immutable like the graph: every NumPy array in it (also
+        inside tuples, lists, dicts and dataclasses) becomes a read-only array that
+        cannot be made writeable again (arrays already so are kept without a copy);
+        lists become tuples and dicts read-only mappings.
+        """
         if key not in self._other:
-            self._other[key] = build()
+            self._other[key] = _seal_all(build())
         return self._other[key]
 
     # ------------------------------------------------------------------ transformations
@@ -298,7 +388,7 @@ class CSRGraph:
             move = to_numpy
         g = CSRGraph._trusted(move(self.indptr), move(self.indices), self.shape)
         if self._transposed is not None:
-            g._transposed = tuple(move(a) for a in self._transposed)
+            object.__setattr__(g, "_transposed", _seal_all(tuple(move(a) for a in self._transposed)))
         return g
 
     def to_scipy(self) -> Any:

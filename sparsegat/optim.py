@@ -7,6 +7,28 @@ new array to ``params[name]`` is fine. Parameters without a gradient are
 skipped. Everything works the same on NumPy and CuPy arrays (the state lives
 where the parameter does).
 
+Validation (``TypeError`` for a wrong type, ``ValueError`` for a wrong value,
+each naming the parameter or hyper-parameter and the value):
+
+* hyper-parameters, by the same checks in the constructor, in every
+  :meth:`Optimizer.step` (so ``opt.lr = float("nan")`` is caught before it
+  reaches a parameter) and in :meth:`Optimizer.load_state_dict`: real numbers
+  (not strings or bools), finite and ``>= 0``; Adam's betas in ``[0, 1)``;
+  flags (``nesterov``, ``amsgrad``, ``maximize``) bools or 0/1;
+* parameters, at construction and every step: a float32 or float64 NumPy or
+  CuPy array still present in its layer's ``params`` (``ValueError`` naming it
+  once deleted) and writable (a read-only array is refused with ``ValueError``,
+  not copied: a copy would silently stop sharing it with whoever else holds it;
+  assign ``layer.params[key] = p.copy()`` yourself);
+* gradients, every step, before any parameter is updated: an array of the
+  parameter's kind (lists are refused), of a real dtype (cast to the
+  parameter's), of the parameter's shape;
+* :meth:`Optimizer.load_state_dict`: every hyper-parameter present and valid,
+  every buffer of every parameter present (exactly the optimizer's buffers),
+  of the parameter's shape, of a real float dtype, finite (second moments
+  ``>= 0``), and ``step`` a positive integer; nothing changes unless all of it
+  is valid.
+
     model = sparsegat.nn.Sequential(...)
     opt = sparsegat.optim.Adam(model, lr=0.005, weight_decay=5e-4)
     ...; model.backward(dlogits); opt.step()
@@ -15,22 +37,47 @@ where the parameter does).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
+
+import numpy as np
 
 from .arrays import array_kind, namespace, to_numpy
 from .backends import optional_function
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
+#: The parameter dtypes the optimizers update.
+PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
 
 def _number(name: str, value: Any, low: float = 0.0) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    """A finite real number ``>= low`` (TypeError for strings, bools, arrays and other types)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
     if not math.isfinite(v) or v < low:
         raise ValueError(f"{name} must be a finite number >= {low}, got {value!r}")
     return v
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A bool (or the integers 0 and 1)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _positive_step(name: str, value: Any) -> int:
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class Optimizer:
@@ -66,23 +113,76 @@ class Optimizer:
             raise ValueError("the model has no parameters to optimise")
         self._refs = refs
         self.state: dict[str, dict[str, Any]] = {}
+        for name, layer, key in refs:
+            self._parameter(name, layer, key)
+
+    # ------------------------------------------------------------------ checks
+    def _validated(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The hyper-parameters ``values`` checked (and normalised) as the constructor checks them."""
+        return dict(values)
+
+    def _buffers(self, hyper: dict[str, Any]) -> tuple[str, ...]:
+        """Names of the state buffers of a parameter that has been stepped, under ``hyper``."""
+        return ()
+
+    def _hyper_values(self) -> dict[str, Any]:
+        return {h: getattr(self, h) for h in self.hyper}
+
+    @staticmethod
+    def _parameter(name: str, layer: Any, key: str) -> Any:
+        """``layer.params[key]``, checked: present, a float32/float64 array, writable."""
+        p = layer.params.get(key)
+        if p is None:
+            raise ValueError(f"parameter {name!r} is no longer in {type(layer).__name__}.params[{key!r}] (deleted "
+                             f"after the optimizer was built); put it back or make a new optimizer")
+        if array_kind(p) is None or isinstance(p, np.ma.MaskedArray):
+            raise TypeError(f"parameter {name!r} must be a NumPy or CuPy array, got {type(p).__name__}")
+        if p.dtype not in PARAM_DTYPES:
+            raise TypeError(f"parameter {name!r} has dtype {p.dtype}; the optimizers update float32 and float64 "
+                            f"parameters only")
+        if not getattr(p.flags, "writeable", True):
+            raise ValueError(f"parameter {name!r} is a read-only array; the optimizer updates parameters in "
+                             f"place: assign a writable copy, {type(layer).__name__}.params[{key!r}] = p.copy()")
+        return p
+
+    @staticmethod
+    def _gradient(name: str, g: Any, p: Any) -> Any:
+        """The gradient of parameter ``name`` checked against it and cast to its dtype."""
+        kind = array_kind(p)
+        if array_kind(g) != kind or isinstance(g, np.ma.MaskedArray):
+            got = "a masked array" if isinstance(g, np.ma.MaskedArray) else (
+                f"a {array_kind(g)} array" if array_kind(g) else type(g).__name__)
+            raise TypeError(f"gradient of {name!r} must be a {kind} array like the parameter, got {got}")
+        if g.dtype.kind not in "iuf":
+            raise TypeError(f"gradient of {name!r} must hold real numbers, got dtype {g.dtype}")
+        if tuple(g.shape) != tuple(p.shape):
+            raise ValueError(f"gradient of {name!r} has shape {tuple(g.shape)}, the parameter {tuple(p.shape)}")
+        return g.astype(p.dtype, copy=False)
 
     # ------------------------------------------------------------------ the update
     def step(self) -> None:
-        """Update every parameter that has a gradient, in place."""
+        """Update every parameter that has a gradient, in place.
+
+        Everything is checked first (hyper-parameters, parameters, gradients, state
+        shapes): an error leaves every parameter and buffer as it was.
+        """
+        for h, v in self._validated(self._hyper_values()).items():
+            setattr(self, h, v)
+        work = []
         for name, layer, key in self._refs:
+            p = self._parameter(name, layer, key)
             g = layer.grads.get(key)
             if g is None:
                 continue
-            p = layer.params[key]
-            if tuple(g.shape) != tuple(p.shape):
-                raise ValueError(f"gradient of {name!r} has shape {tuple(g.shape)}, the parameter {tuple(p.shape)}")
-            state = self.state.setdefault(name, {})
-            for buf_name, buf in state.items():
+            g = self._gradient(name, g, p)
+            for buf_name, buf in self.state.get(name, {}).items():
                 if hasattr(buf, "shape") and tuple(buf.shape) != tuple(p.shape):
                     raise ValueError(f"optimizer state {buf_name!r} of {name!r} has shape {tuple(buf.shape)} but "
                                      f"the parameter now has shape {tuple(p.shape)}; make a new optimizer")
-            self._update(namespace(p), p, g.astype(p.dtype, copy=False), state, getattr(layer, "backend", None))
+            work.append((name, layer, p, g))
+        for name, layer, p, g in work:
+            state = self.state.setdefault(name, {})
+            self._update(namespace(p), p, g, state, getattr(layer, "backend", None))
 
     def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any], backend: str | None) -> None:
         """Update ``p`` in place; ``backend`` is the owning layer's ``backend=`` (None: by array kind)."""
@@ -106,34 +206,72 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore hyper-parameters and buffers saved by :meth:`state_dict`.
 
-        Buffers are moved to where each parameter lives and cast to its dtype;
-        unknown parameter names, wrong shapes or another optimizer type raise
-        ``ValueError``.
+        Everything is validated before anything changes: the optimizer type; every
+        hyper-parameter present and passing the constructor's checks; for every
+        parameter with state, exactly this optimizer's buffers (under the loaded
+        hyper-parameters: Adam's ``step``, ``exp_avg``, ``exp_avg_sq`` and, with
+        ``amsgrad``, ``max_exp_avg_sq``; SGD's ``momentum_buffer`` with momentum),
+        each of the parameter's shape, a real float dtype and finite values
+        (second moments ``>= 0``), and ``step`` a positive integer. Buffers are
+        moved to where each parameter lives and cast to its dtype. ``ValueError``
+        (``TypeError`` for wrong types) names the entry and the value.
         """
         if not isinstance(state_dict, dict) or "state" not in state_dict:
             raise ValueError("state_dict must be a dict made by Optimizer.state_dict()")
         kind = state_dict.get("type")
         if kind != type(self).__name__:
             raise ValueError(f"state_dict is for {kind}, not {type(self).__name__}")
-        params = {name: layer.params[key] for name, layer, key in self._refs}
+        hyper_in = state_dict.get("hyper")
+        if not isinstance(hyper_in, dict):
+            raise ValueError(f"state_dict['hyper'] must be a dict of hyper-parameters, got {type(hyper_in).__name__}")
+        unknown = [h for h in hyper_in if h not in self.hyper]
+        if unknown:
+            raise ValueError(f"unknown hyper-parameter {unknown[0]!r} for {type(self).__name__}")
+        missing = [h for h in self.hyper if h not in hyper_in]
+        if missing:
+            raise ValueError(f"state_dict['hyper'] lacks {', '.join(map(repr, missing))}")
+        hyper = self._validated(dict(hyper_in))
+        buffers = self._buffers(hyper)
+        states = state_dict["state"]
+        if not isinstance(states, dict):
+            raise ValueError(f"state_dict['state'] must be a dict, got {type(states).__name__}")
+        params = {name: self._parameter(name, layer, key) for name, layer, key in self._refs}
         new_state: dict[str, dict[str, Any]] = {}
-        for name, s in state_dict["state"].items():
+        for name, s in states.items():
             if name not in params:
                 raise ValueError(f"state_dict has state for {name!r}, which this optimizer does not hold")
+            if not isinstance(s, dict):
+                raise ValueError(f"state of {name!r} must be a dict of buffers, got {type(s).__name__}")
+            missing = [k for k in buffers if k not in s]
+            if missing:
+                raise ValueError(f"state of {name!r} lacks the buffer {missing[0]!r} "
+                                 f"({type(self).__name__} keeps {', '.join(buffers) or 'none'})")
+            extra = [k for k in s if k not in buffers]
+            if extra:
+                raise ValueError(f"state of {name!r} has the unknown buffer {extra[0]!r} "
+                                 f"({type(self).__name__} keeps {', '.join(buffers) or 'none'})")
             p = params[name]
             xp = namespace(array_kind(p) or "numpy")
-            entry = {}
+            entry: dict[str, Any] = {}
             for k, v in s.items():
-                if hasattr(v, "shape"):
-                    if tuple(v.shape) != tuple(p.shape):
-                        raise ValueError(f"state {k!r} of {name!r} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}")
-                    entry[k] = xp.asarray(to_numpy(v).astype(p.dtype))
-                else:
-                    entry[k] = v
+                what = f"state {k!r} of {name!r}"
+                if k == "step":
+                    entry[k] = _positive_step(what, v)
+                    continue
+                if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+                    raise TypeError(f"{what} must be an array, got {type(v).__name__}")
+                if tuple(v.shape) != tuple(p.shape):
+                    raise ValueError(f"{what} has shape {tuple(v.shape)}, the parameter {tuple(p.shape)}")
+                if np.dtype(v.dtype).kind != "f":
+                    raise TypeError(f"{what} must be a float array, got dtype {v.dtype}")
+                host = to_numpy(v).astype(p.dtype)
+                if not np.isfinite(host).all():
+                    raise ValueError(f"{what} has values that are not finite (in the parameter's dtype {p.dtype})")
+                if k in ("exp_avg_sq", "max_exp_avg_sq") and (host < 0).any():
+                    raise ValueError(f"{what} is a second moment and must be >= 0, got a minimum of {host.min()}")
+                entry[k] = xp.asarray(host)
             new_state[name] = entry
-        for h, v in state_dict.get("hyper", {}).items():
-            if h not in self.hyper:
-                raise ValueError(f"unknown hyper-parameter {h!r} for {type(self).__name__}")
+        for h, v in hyper.items():
             setattr(self, h, v)
         self.state = new_state
 
@@ -155,14 +293,21 @@ class SGD(Optimizer):
     def __init__(self, model: Any, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False) -> None:
         super().__init__(model)
-        self.lr = _number("lr", lr)
-        self.momentum = _number("momentum", momentum)
-        self.dampening = _number("dampening", dampening)
-        self.weight_decay = _number("weight_decay", weight_decay)
-        self.nesterov = bool(nesterov)
-        self.maximize = bool(maximize)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+        values = self._validated(dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize))
+        for h, v in values.items():
+            setattr(self, h, v)
+
+    def _validated(self, values: dict[str, Any]) -> dict[str, Any]:
+        out = {h: _number(h, values[h]) for h in ("lr", "momentum", "dampening", "weight_decay")}
+        out["nesterov"] = _flag("nesterov", values["nesterov"])
+        out["maximize"] = _flag("maximize", values["maximize"])
+        if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0 (as torch.optim.SGD)")
+        return out
+
+    def _buffers(self, hyper: dict[str, Any]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if hyper["momentum"] else ()
 
     def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any], backend: str | None) -> None:
         if self.maximize:
@@ -196,19 +341,24 @@ class Adam(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
                  maximize: bool = False) -> None:
         super().__init__(model)
-        self.lr = _number("lr", lr)
-        try:
-            b1, b2 = betas
-        except (TypeError, ValueError):
-            raise TypeError(f"betas must be a pair of numbers, got {betas!r}") from None
-        b1, b2 = _number("betas[0]", b1), _number("betas[1]", b2)
+        values = self._validated(dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize))
+        for h, v in values.items():
+            setattr(self, h, v)
+
+    def _validated(self, values: dict[str, Any]) -> dict[str, Any]:
+        betas = values["betas"]
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of numbers, got {betas!r}")
+        b1, b2 = _number("betas[0]", betas[0]), _number("betas[1]", betas[1])
         if not (b1 < 1.0 and b2 < 1.0):
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
-        self.betas = (b1, b2)
-        self.eps = _number("eps", eps)
-        self.weight_decay = _number("weight_decay", weight_decay)
-        self.amsgrad = bool(amsgrad)
-        self.maximize = bool(maximize)
+        return {"lr": _number("lr", values["lr"]), "betas": (b1, b2), "eps": _number("eps", values["eps"]),
+                "weight_decay": _number("weight_decay", values["weight_decay"]),
+                "amsgrad": _flag("amsgrad", values["amsgrad"]), "maximize": _flag("maximize", values["maximize"])}
+
+    def _buffers(self, hyper: dict[str, Any]) -> tuple[str, ...]:
+        return ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hyper["amsgrad"] else ())
 
     def _update(self, xp: Any, p: Any, g: Any, state: dict[str, Any], backend: str | None) -> None:
         b1, b2 = self.betas

@@ -92,18 +92,22 @@ class _Splits(NamedTuple):
     test: Any
 
 
-def _indices(mask: Any, xp: Any) -> Any:
-    """Integer node indices from a boolean mask or an index array (NumPy or CuPy)."""
-    from .arrays import to_numpy
-
-    m = to_numpy(mask)
-    return xp.asarray(np.flatnonzero(m) if m.dtype == bool else m)
-
-
 def _splits(data: Any, xp: Any) -> _Splits:
-    test = getattr(data, "test_mask", None)
-    return _Splits(_indices(data.train_mask, xp), _indices(data.val_mask, xp),
-                   None if test is None else _indices(test, xp))
+    """The node indices of every split, by the mask rule of :func:`sparsegat.nn.softmax_cross_entropy`
+    (boolean masks or index arrays; ambiguous 0/1 integer masks refused)."""
+    from .nn.loss import mask_indices
+
+    n = int(data.y.shape[0])
+    idx = {}
+    for name in ("train_mask", "val_mask", "test_mask"):
+        mask = getattr(data, name, None)
+        if mask is None and name != "test_mask":
+            raise ValueError(f"data has no {name}")
+        rows = None if mask is None else mask_indices(mask, n, xp, name)
+        if rows is not None and rows.shape[0] == 0:
+            raise ValueError(f"data.{name} selects no node")
+        idx[name] = rows
+    return _Splits(idx["train_mask"], idx["val_mask"], idx["test_mask"])
 
 
 def _frozen_refs(model: Any, names: Iterable[str]) -> list[tuple[Any, str]]:
@@ -450,11 +454,31 @@ def _load_data(a: argparse.Namespace) -> tuple[Any, Any]:
     """``(data set, features)``: non-negative features row-normalised."""
     from .datasets import load_npz, row_normalize, synthetic
 
-    data = load_npz(a.data) if a.data is not None else synthetic(seed=a.seed)
+    data = _load_file(a.data, load_npz) if a.data is not None else synthetic(seed=a.seed)
     # Row-normalise non-negative features (bag-of-words, as the paper and PyG's NormalizeFeatures);
     # signed features (the synthetic Gaussian ones) are left alone: their row sums mean nothing.
     x = row_normalize(data.x) if _non_negative(data.x) else data.x
     return data, x
+
+
+def _load_file(path: str, load_npz: Any) -> Any:
+    """``load_npz(path)``, with a hint when the file is a graph format that ``--data`` does not take."""
+    from .datasets import DatasetError
+
+    try:
+        return load_npz(path)
+    except DatasetError as exc:
+        if not path.lower().endswith(".npz") and "not a readable .npz" in str(exc):
+            raise DatasetError(f"{path}: --data takes a data set, an .npz archive of arrays in the layout of "
+                               f"docs/data.md (numpy.savez); Matrix Market files and edge lists hold a graph "
+                               f"without features or labels (use them with 'sparsegat bench --graph')") from None
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (the command line prints exactly one line per error)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def _choose_backend(a: argparse.Namespace) -> tuple[str, str]:
@@ -590,12 +614,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except FileNotFoundError as exc:
-        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        if exc.filename:
+            print(f"{PROG}: error: {exc.filename}: {(exc.strerror or 'no such file').lower()}", file=sys.stderr)
+        else:
+            print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except (DatasetError, ValueError, TypeError, OSError, ImportError) as exc:
         if os.environ.get("SPARSEGAT_DEBUG"):
             raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        if os.environ.get("SPARSEGAT_DEBUG"):
+            raise
+        print(f"{PROG}: error: out of memory (data set {args.data or 'synthetic'})", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: one line, never a traceback (SPARSEGAT_DEBUG=1 shows it)
+        if os.environ.get("SPARSEGAT_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              f"(rerun with SPARSEGAT_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result), flush=True)

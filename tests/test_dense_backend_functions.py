@@ -188,6 +188,34 @@ def test_compiled_adam_declines_non_contiguous_parameters(calls):
     assert np.all(model.params["W"] < before)  # positive gradients: every weight went down
     assert np.all(base[:, 1::2] == 0)
     assert calls["adam_update"] == 1  # the bias only
+    # the NumPy update of the strided view gives the compiled update's bits on a contiguous copy
+    twin = nn.Linear(6, 4, seed=0)
+    twin.params["W"] = before.copy()
+    twin.grads = {"W": np.ones((6, 4), np.float32), "b": np.ones(4, np.float32)}
+    optim.Adam(twin, lr=0.1).step()
+    assert calls["adam_update"] == 3
+    assert np.array_equal(model.params["W"], twin.params["W"])
+    assert np.array_equal(model.params["b"], twin.params["b"])
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_integer_and_read_only_parameters_never_reach_the_update(monkeypatch, calls, backend):
+    """An int64 parameter (the compiled update used to write INT64_MIN into it) and a read-only
+    one (a numba TypingError) are refused with a clear error on both paths."""
+    monkeypatch.setenv("SPARSEGAT_BACKEND", backend)
+    model = nn.Linear(3, 2, seed=0)
+    opt = optim.Adam(model, lr=0.1)
+    model.params["W"] = np.arange(6, dtype=np.int64).reshape(3, 2)
+    model.grads = {"W": np.ones((3, 2), np.float32), "b": np.ones(2, np.float32)}
+    with pytest.raises(TypeError, match="parameter 'W' has dtype int64"):
+        opt.step()
+    assert model.params["W"].tolist() == [[0, 1], [2, 3], [4, 5]]
+    ro = np.ones((3, 2), np.float32)
+    ro.flags.writeable = False
+    model.params["W"] = ro
+    with pytest.raises(ValueError, match="parameter 'W' is a read-only array"):
+        opt.step()
+    assert calls["adam_update"] == 0
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba", None])

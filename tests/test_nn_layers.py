@@ -238,6 +238,9 @@ def test_softmax_cross_entropy_returns_a_record():
     assert isinstance(res, nn.LossAndGrad)
     loss, dlogits = res
     assert res.loss == loss and res.dlogits is dlogits and dlogits.shape == (2, 2)
+    p0, p1 = 1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(-1.0))  # softmax of the true classes
+    assert loss == pytest.approx(-(np.log(p0) + np.log(p1)) / 2, rel=1e-14)
+    np.testing.assert_allclose(dlogits, [[(p0 - 1) / 2, (1 - p0) / 2], [(1 - p1) / 2, (p1 - 1) / 2]], rtol=1e-14)
 
 
 def test_gatconv_bad_inputs(graph, x):
@@ -323,8 +326,12 @@ def test_graph_attention_residual_is_q_plus_context(graph, x):
     np.testing.assert_allclose(k1, x @ layer.params["W_k"] + c, rtol=1e-12)
     np.testing.assert_allclose(v1, x @ layer.params["W_v"] + c, rtol=1e-12)
     # dy entries may be None (treated as zero)
+    layer.forward(x, graph)
     dx = layer.backward((None, np.ones_like(k1), None))
-    assert dx.shape == x.shape
+    layer.forward(x, graph)
+    dx_zeros = layer.backward((np.zeros_like(q1), np.ones_like(k1), np.zeros_like(v1)))
+    np.testing.assert_array_equal(dx, dx_zeros)
+    assert np.abs(dx).max() > 0
 
 
 def test_graph_attention_stack_in_sequential(graph, x):
@@ -444,6 +451,16 @@ def test_sequential_stops_at_sparse_input(graph):
     y = model.forward(xs, graph, training=True)
     assert model.backward(np.ones_like(y)) is None
     assert set(model[1].grads) == {"W", "att_src", "att_dst", "bias"}
+    # in evaluation (dropout off) the gradients are those of the same model on the dense features
+    dense = nn.Sequential(nn.Dropout(0.5, seed=0), nn.GATConv(4, 2, heads=2, seed=1), nn.ELU(),
+                          nn.Linear(4, 3, seed=2))
+    ys, yd = model.forward(xs, graph), dense.forward(xs.toarray().astype(np.float32), graph)
+    np.testing.assert_allclose(ys, yd, rtol=1e-5, atol=1e-6)
+    R = np.random.default_rng(0).normal(size=ys.shape).astype(np.float32)
+    assert model.backward(R) is None and dense.backward(R).shape == (9, 4)
+    dense_grads = {n: lay.grads[k] for n, lay, k in dense.named_parameters()}
+    for name, lay, key in model.named_parameters():
+        np.testing.assert_allclose(lay.grads[key], dense_grads[name], rtol=1e-4, atol=1e-6)
 
 
 def test_zero_grad_and_repr(graph, x):
@@ -517,3 +534,179 @@ def test_input_grad_false_skips_dx_and_changes_nothing_else(make):
     assert sorted(grads_on) == sorted(grads_off)
     for name in grads_on:
         assert np.array_equal(grads_on[name], grads_off[name]), name
+
+
+# ---------------------------------------------------------------------- hardening (issue 11)
+def _pairing_cases():
+    g = random_graph(9, 9, 0.3, seed=1)
+    return [
+        ("GATConv", lambda: nn.GATConv(4, 3, heads=2, dropout=0.3, dtype=np.float64, seed=0), g),
+        ("GATv2Conv", lambda: nn.GATv2Conv(4, 3, heads=2, dropout=0.3, dtype=np.float64, seed=0), g),
+        ("GraphAttention", lambda: nn.GraphAttention(4, 3, heads=2, score="cosine", residual=True, dropout=0.3,
+                                                     dtype=np.float64, seed=0), g),
+        ("Linear", lambda: nn.Linear(4, 3, dtype=np.float64, seed=0), None),
+        ("Dropout", lambda: nn.Dropout(0.5, seed=0), None),
+        ("Sequential", lambda: nn.Sequential(nn.Dropout(0.4, seed=0),
+                                             nn.GATConv(4, 3, heads=2, dropout=0.3, dtype=np.float64, seed=1),
+                                             nn.ELU(), nn.ReLU(), nn.Linear(6, 2, dtype=np.float64, seed=2)), g),
+    ]
+
+
+def _grads(layer):
+    return {name: lay.grads[key].copy() for name, lay, key in layer.named_parameters()}
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        return sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    if isinstance(a, tuple):
+        return all(_same(u, v) for u, v in zip(a, b))
+    return np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name,make,g", _pairing_cases(), ids=[c[0] for c in _pairing_cases()])
+def test_backward_belongs_to_the_training_forward_not_a_later_eval_forward(name, make, g):
+    """An evaluation forward between a training forward and its backward (logging a validation
+    accuracy mid-step) changes nothing: backward uses the training forward; a second backward
+    of the same forward raises; with no training forward, backward uses the latest forward."""
+    rng = np.random.default_rng(7)
+    x, x_eval = rng.normal(size=(9, 4)), rng.normal(size=(9, 4))
+    ref = make()
+    y = ref.forward(x, g, training=True)
+    R = _like(y, np.random.default_rng(3))
+    dx_ref = ref.backward(R)
+    test = make()
+    assert _same(test.forward(x, g, training=True), y)
+    test.forward(x_eval, g, training=False)  # the evaluation forward in between
+    dx = test.backward(R)
+    assert _same(dx, dx_ref)
+    assert _same(_grads(test), _grads(ref))
+    with pytest.raises(RuntimeError, match="twice"):
+        test.backward(R)
+    # no training forward pending: the latest (evaluation) forward, as a fresh layer would do it
+    test.forward(x_eval, g, training=False)
+    fresh = make()
+    fresh.forward(x_eval, g, training=False)
+    assert _same(test.backward(R), fresh.backward(R))
+    assert _same(_grads(test), _grads(fresh))
+    with pytest.raises(RuntimeError, match="twice"):
+        test.backward(R)
+
+
+def test_a_failed_backward_retires_nothing(graph, x):
+    layer = nn.GATConv(4, 3, heads=2, dtype=np.float64, seed=0)
+    y = layer.forward(x, graph, training=True)
+    with pytest.raises(ValueError, match=r"dy must have shape \(9, 6\)"):
+        layer.backward(np.zeros((9, 5)))
+    assert layer.backward(np.ones_like(y)).shape == x.shape  # the forward is still there
+
+
+@pytest.mark.parametrize("make,g", [(lambda: nn.GATConv(4, 3, dtype=np.float64, seed=0), "graph"),
+                                    (lambda: nn.Linear(4, 3, dtype=np.float64, seed=0), None),
+                                    (lambda: nn.ELU(), None), (lambda: nn.ReLU(), None),
+                                    (lambda: nn.Dropout(0.5, seed=0), None)],
+                         ids=["GATConv", "Linear", "ELU", "ReLU", "Dropout"])
+def test_backward_refuses_lists_and_wrong_gradients(make, g, graph, x):
+    g = graph if g == "graph" else None
+    layer = make()
+    y = layer.forward(x, g, training=True)
+    owner = type(layer).__name__
+    with pytest.raises(TypeError, match=f"{owner}.backward: dy must be a numpy array.*got list"):
+        layer.backward(np.ones_like(y).tolist())
+    with pytest.raises(TypeError, match="real numbers, got dtype complex128"):
+        layer.backward(np.ones_like(y) + 1j)
+    with pytest.raises(ValueError, match=f"{owner}.backward: dy must have shape {tuple(y.shape)}".replace("(", r"\(")
+                       .replace(")", r"\)")):
+        layer.backward(np.ones((y.shape[0] + 1, y.shape[1])))
+    layer.backward(np.ones_like(y))  # still paired with its forward
+
+
+def test_deleted_parameter_is_a_clear_error(graph, x):
+    layer = nn.GATConv(4, 3, dtype=np.float64, seed=0)
+    del layer.params["att_src"]
+    with pytest.raises(ValueError, match="GATConv.params has no 'att_src'"):
+        layer.forward(x, graph)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(4, 3), lambda: nn.GATConv(4, 3), lambda: nn.Dropout(0.5)],
+                         ids=["Linear", "GATConv", "Dropout"])
+def test_complex_and_masked_inputs_are_refused(make, graph):
+    dense = np.random.default_rng(0).normal(size=(9, 4))
+    xc = sp.csr_matrix(dense * (np.abs(dense) > 0.5) * (1 + 2j))
+    layer = make()
+    with pytest.raises(TypeError, match="complex"):
+        layer.forward(xc, graph, training=True)
+    with pytest.raises(TypeError, match="masked"):
+        layer.forward(np.ma.masked_array(dense, mask=dense > 1), graph, training=True)
+
+
+def test_integer_sparse_features_convert_exactly(x):
+    counts = sp.csr_matrix(np.random.default_rng(0).integers(0, 3, size=(9, 4)))
+    a, b = nn.Linear(4, 3, dtype=np.float64, seed=0), nn.Linear(4, 3, dtype=np.float64, seed=0)
+    np.testing.assert_array_equal(a.forward(counts), b.forward(counts.astype(np.float64)))
+    with pytest.raises(TypeError, match="Dropout needs float inputs"):
+        nn.Dropout(0.5).forward(counts, training=True)
+
+
+def test_dropout_checks_sparse_input_before_converting_it():
+    bad = sp.random(6, 5, density=0.5, format="csc", dtype=np.float32, random_state=1)
+    bad.indices[0] = 10**6
+    with pytest.raises(ValueError, match="^x: "):
+        nn.Dropout(0.5, seed=0).forward(bad, training=True)
+
+
+def test_graph_attention_stream_tuple_on_a_non_square_graph_matches_the_reference():
+    """(x_q, x_k, x_v) on a bipartite graph: q from the first n_dst rows of x_q, k and v from all
+    rows, against a direct call of the operator; gradients by finite differences."""
+    g = random_graph(5, 8, 0.5, seed=4)
+    rng = np.random.default_rng(1)
+    streams = tuple(rng.normal(size=(8, 4)) for _ in range(3))
+    layer = nn.GraphAttention(4, 3, heads=2, score="scaled_dot", residual=False, dtype=np.float64, seed=2)
+    y = layer.forward(streams, g)
+    g2 = nn.graph_with_self_loops(g)
+    Wq, Wk, Wv = (layer.params[k] for k in ("W_q", "W_k", "W_v"))
+    ref, _ = sg.attention_forward(g2, (streams[0][:5] @ Wq).reshape(5, 2, 3), (streams[1] @ Wk).reshape(8, 2, 3),
+                                  (streams[2] @ Wv).reshape(8, 2, 3), score="scaled_dot", backend="numpy")
+    assert y.shape == (5, 6)
+    np.testing.assert_allclose(y, ref.reshape(5, 6), rtol=1e-12, atol=1e-14)
+    out, dx = gradcheck(nn.GraphAttention(4, 3, heads=2, score="scaled_dot", residual=False, dtype=np.float64,
+                                          seed=2), streams, g)
+    assert [d.shape for d in dx] == [(8, 4)] * 3
+    assert not dx[0][5:].any()  # only the destination rows of x_q reach the output
+
+
+# ---------------------------------------------------------------------- masks
+def test_masks_bool_or_indices_and_ambiguous_integer_masks_are_refused():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(6, 3)), rng.integers(0, 3, size=6)
+    bool_mask = np.array([True, False, True, True, False, False])
+    idx = np.flatnonzero(bool_mask)
+    for f in (lambda m: nn.softmax_cross_entropy(logits, labels, m)[0], lambda m: nn.accuracy(logits, labels, m)):
+        assert f(bool_mask) == f(idx) == f(idx.astype(np.uint64)) == f(list(idx))
+        for ambiguous in (bool_mask.astype(np.int64), bool_mask.astype(np.uint8), bool_mask.astype(int).tolist()):
+            with pytest.raises(TypeError, match="ambiguous.*astype\\(bool\\).*flatnonzero"):
+                f(ambiguous)
+        assert f(np.array([0, 1])) == f(np.array([True, True, False, False, False, False]))  # short: indices
+        with pytest.raises(TypeError, match="dtype float64"):
+            f(bool_mask.astype(float))
+        with pytest.raises(TypeError, match="masked"):
+            f(np.ma.masked_array(idx))
+        with pytest.raises(ValueError, match="one entry per node"):
+            f(bool_mask[:5])
+        with pytest.raises(ValueError, match=r"\[0, 6\)"):
+            f(np.array([0, 6]))
+    # accuracy checks its labels like the loss does
+    with pytest.raises(ValueError, match="labels must have shape"):
+        nn.accuracy(logits, labels[:1])
+    with pytest.raises(TypeError, match="logits"):
+        nn.accuracy(logits.tolist(), labels)
+
+
+def test_unsigned_labels_are_range_checked_before_any_cast():
+    logits = np.zeros((3, 2))
+    y = np.array([0, 1, 1], np.uint64)
+    assert nn.softmax_cross_entropy(logits, y)[0] == nn.softmax_cross_entropy(logits, y.astype(np.int64))[0]
+    with pytest.raises(ValueError, match="labels must lie in \\[0, 2\\), got values from 0 to 18446744073709551615"):
+        nn.softmax_cross_entropy(logits, np.array([0, 2**64 - 1, 1], np.uint64))
+    with pytest.raises(TypeError, match="complex"):
+        nn.softmax_cross_entropy(logits + 0j, y)

@@ -363,3 +363,122 @@ def test_build_model_layout():
     model = train.build_model("gatv2", 10, 3, hidden=2, heads=2)
     assert [type(layer).__name__ for layer in model] == ["Dropout", "GATv2Conv", "ELU", "Dropout", "GATv2Conv"]
     assert all(name.split(".")[0] in ("1", "4") for name in model.state_dict())
+
+
+# ---------------------------------------------------------------------- the selection rule, exactly
+class Scripted(nn.Module):
+    """A model whose evaluation forwards return scripted logits, one set per epoch; its single
+    parameter ``w`` goes down by one per SGD(lr=1) step, so ``w == -epoch`` after each epoch."""
+
+    def __init__(self, script, n):
+        super().__init__(dtype=np.float64)
+        self.params["w"] = np.zeros(1)
+        self.script, self.n, self.evals = list(script), n, 0
+
+    def forward(self, x, g=None, *, training=False):
+        if training:
+            self._save_for_backward(True, True)
+            return np.zeros((self.n, 2))
+        out = self.script[self.evals]
+        self.evals += 1
+        return out
+
+    def _backward(self, saved, dy):
+        self.grads["w"] = np.ones(1)
+        return None
+
+
+def scripted_run(val_correct, test_correct):
+    """Data with 2 train, 4 val and 6 test nodes (all of class 0) and logits that get
+    ``val_correct[e]`` val and ``test_correct[e]`` test nodes right at epoch ``e + 1``."""
+    from types import SimpleNamespace
+
+    n = 12
+    train_idx, val_idx, test_idx = np.arange(2), np.arange(2, 6), np.arange(6, 12)
+    script = []
+    for v, t in zip(val_correct, test_correct):
+        right = np.zeros(n, bool)
+        right[:2] = True
+        right[val_idx[:v]] = True
+        right[test_idx[:t]] = True
+        script.append(np.where(right[:, None], [[1.0, 0.0]], [[0.0, 1.0]]))
+    data = SimpleNamespace(x=np.zeros((n, 1)), graph=None, y=np.zeros(n, np.int64), train_mask=train_idx,
+                           val_mask=val_idx, test_mask=np.isin(np.arange(n), test_idx))
+    model = Scripted(script, n)
+    return model, data, optim.SGD(model, lr=1.0)
+
+
+def test_fit_selects_the_first_epoch_of_best_validation_and_reports_its_test_accuracy():
+    # val accuracy per epoch 0.25, 0.75, 0.5, 0.75, 0.75, 0.25: best is epoch 2 (the first 0.75),
+    # whose test accuracy is 1/6 (epochs 4 and 5 tie on validation with test 4/6 and 5/6)
+    val, test = [1, 3, 2, 3, 3, 1], [0, 1, 2, 4, 5, 6]
+    model, data, opt = scripted_run(val, test)
+    res = train.fit(model, data, opt, epochs=6)
+    assert [s.val for s in res.history] == [v / 4 for v in val]
+    assert [s.test for s in res.history] == [t / 6 for t in test]
+    assert res.best.epoch == 2 and res.best.val == 0.75 and res.best.test == 1 / 6
+    assert res.best is res.history[1] and res.last is res.history[5] and not res.stopped_early
+    assert list(res.best_state) == ["w"] and res.best_state["w"].tolist() == [-2.0]
+    assert model.params["w"].tolist() == [-2.0]  # restored: the state after epoch 2's step
+    # patience counts from the first best epoch: 3 epochs without a better one stop at epoch 5
+    model, data, opt = scripted_run(val, test)
+    res = train.fit(model, data, opt, epochs=6, patience=3, restore_best=False)
+    assert res.stopped_early and len(res.history) == 5 and res.best.epoch == 2
+    assert res.best_state is None and model.params["w"].tolist() == [-5.0]
+
+
+def test_fit_refuses_ambiguous_integer_split_masks():
+    model, data, opt = scripted_run([1], [1])
+    data.val_mask = np.isin(np.arange(12), [2, 3, 4, 5]).astype(np.int64)  # a 0/1 mask as integers
+    with pytest.raises(TypeError, match="val_mask is an integer array of 12 zeros and ones"):
+        train.fit(model, data, opt, epochs=1)
+    data.val_mask = np.zeros(12, bool)
+    with pytest.raises(ValueError, match="val_mask selects no node"):
+        train.fit(model, data, opt, epochs=1)
+
+
+def test_command_reports_the_best_epoch_of_fit(capsys, tmp_path, monkeypatch):
+    """The summary of `sparsegat train` is the FitResult's best epoch (test accuracy at the first
+    epoch of best validation accuracy) and its last epoch, figure for figure."""
+    captured = []
+    real_fit = train.fit
+
+    def spy(*args, **kwargs):
+        captured.append(real_fit(*args, **kwargs))
+        return captured[-1]
+
+    monkeypatch.setattr(train, "fit", spy)
+    path = write_dataset(tmp_path / "d.npz")
+    rc, out, _ = run_cli(capsys, "--data", str(path), "--epochs", "8", "--heads", "2", "--hidden", "3",
+                         "--backend", "numpy", "--json", "--log-every", "0")
+    assert rc == 0 and len(captured) == 1
+    res, fitted = last_json(out), captured[0]
+    best_val = max(s.val for s in fitted.history)
+    first_best = next(s for s in fitted.history if s.val == best_val)
+    assert fitted.best == first_best
+    assert (res["best_epoch"], res["val_accuracy"], res["test_accuracy"]) == (first_best.epoch, first_best.val,
+                                                                               first_best.test)
+    last = fitted.history[-1]
+    assert (res["final_val_accuracy"], res["final_test_accuracy"], res["final_train_loss"]) == (last.val, last.test,
+                                                                                              last.loss)
+    assert f"test accuracy {first_best.test:.3f} at the best validation epoch {first_best.epoch}" in out
+
+
+def test_command_reports_best_and_last_epochs_as_fit_gives_them(capsys, tmp_path, monkeypatch):
+    """With a history whose best and last epochs differ in every figure, the summary takes the
+    test accuracy, validation accuracy and epoch from the best one and the final figures from the last."""
+    history = [train.EpochStats(1, 1.5, 0.5, 0.40, 0.30), train.EpochStats(2, 1.2, 0.6, 0.70, 0.61),
+               train.EpochStats(3, 1.1, 0.7, 0.70, 0.65), train.EpochStats(4, 0.9, 0.8, 0.55, 0.52)]
+
+    def fake_fit(model, data, opt, **kwargs):
+        return train.FitResult(history=history, best=history[1], seconds=0.5, first_epoch_seconds=0.2)
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    path = write_dataset(tmp_path / "d.npz")
+    rc, out, _ = run_cli(capsys, "--data", str(path), "--epochs", "4", "--heads", "2", "--hidden", "3",
+                         "--backend", "numpy", "--json", "--log-every", "0")
+    assert rc == 0
+    res = last_json(out)
+    assert (res["best_epoch"], res["val_accuracy"], res["test_accuracy"]) == (2, 0.70, 0.61)
+    assert (res["final_val_accuracy"], res["final_test_accuracy"], res["final_train_loss"]) == (0.55, 0.52, 0.9)
+    assert "test accuracy 0.610 at the best validation epoch 2 (val 0.700); last epoch: val 0.550, test 0.520" in out

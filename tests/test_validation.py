@@ -107,8 +107,9 @@ def test_g_scipy_matrix_not_accepted():
 
 # ============================================================================ non-arrays
 @call_and_input_param(["q", "k", "v", "att", "edge_bias"])
-@pytest.mark.parametrize("make_bad", [lambda x: x.tolist(), lambda x: 1.0, lambda x: "array"],
-                         ids=["list", "float", "str"])
+@pytest.mark.parametrize("make_bad", [lambda x: 1.0, lambda x: "array", lambda x: np.float64(1.0),
+                                      lambda x: object()],
+                         ids=["float", "str", "numpy-scalar", "object"])
 def test_non_array_input(call, name, make_bad):
     score = "gatv2" if name == "att" else "dot"
     g, a = make(score)
@@ -116,11 +117,95 @@ def test_non_array_input(call, name, make_bad):
     check(TypeError, rf"\b{name} must be a NumPy or CuPy array", call, g, a, score=score)
 
 
+@call_and_input_param(["q", "k", "v"])
+def test_required_input_none(call, name):
+    """None for a required array is a TypeError naming it (it was an AttributeError)."""
+    g, a = make("dot")
+    a[name] = None
+    check(TypeError, rf"\b{name} must be a NumPy or CuPy array \(or a nested list\), got None", call, g, a,
+          score="dot")
+
+
+@call_and_input_param(["q", "k", "v", "att", "edge_bias"])
+def test_nested_lists_are_converted(call, name):
+    """NumPy array-likes (nested lists) are converted once, like NumPy functions do."""
+    g, a = make("gatv2")
+    want = call(g, a, score="gatv2")
+    got = call(g, {**a, name: a[name].tolist()}, score="gatv2")
+    want, got = (r[0] if isinstance(r, tuple) else r for r in (want, got))
+    assert np.array_equal(got, want)
+
+
+@call_param
+def test_list_of_integers_refused_by_dtype(call):
+    g, a = make("dot")
+    a["q"] = np.ones(a["q"].shape, dtype=np.int64).tolist()
+    check(TypeError, r"q must have dtype float32 or float64, got int64", call, g, a, score="dot")
+
+
+@call_param
+def test_ragged_list_refused(call):
+    g, a = make("dot")
+    a["k"] = [[[1.0, 2.0, 3.0]], [[1.0]]]
+    check(TypeError, r"k must be a NumPy or CuPy array, or convertible to one", call, g, a, score="dot")
+
+
+@call_and_input_param(["q", "k", "v", "att", "edge_bias"])
+def test_masked_arrays_refused(call, name):
+    """A masked array's mask would be silently ignored: refused."""
+    g, a = make("gatv2")
+    a[name] = np.ma.masked_array(a[name], mask=np.zeros(a[name].shape, dtype=bool))
+    check(TypeError, rf"\b{name} is a masked array", call, g, a, score="gatv2")
+
+
+class _FakeGPUArray:
+    """Stands for a torch/JAX/Numba array in GPU memory: NumPy could convert it, by copying."""
+
+    def __init__(self, x, how):
+        self._x, self._how = x, how
+
+    def __array__(self, dtype=None, copy=None):
+        return self._x
+
+    def __getattr__(self, attr):
+        if attr == "__cuda_array_interface__" and self._how == "cai":
+            return {"shape": self._x.shape, "typestr": self._x.dtype.str, "data": (0, False), "version": 3}
+        raise AttributeError(attr)
+
+    def __dlpack_device__(self):
+        return (2, 0) if self._how == "dlpack" else (1, 0)
+
+
+@call_param
+@pytest.mark.parametrize("how", ["cai", "dlpack"])
+def test_gpu_arrays_of_other_libraries_refused(call, how):
+    """Never copied to the host silently."""
+    g, a = make("dot")
+    a["q"] = _FakeGPUArray(a["q"], how)
+    check(TypeError, r"q is a .*_FakeGPUArray on a GPU; pass a CuPy array", call, g, a, score="dot")
+
+
+@call_param
+def test_cpu_array_likes_with_dlpack_accepted(call):
+    g, a = make("dot")
+    want = call(g, a, score="dot")
+    got = call(g, {**a, "q": _FakeGPUArray(a["q"], "cpu")}, score="dot")
+    want, got = (r[0] if isinstance(r, tuple) else r for r in (want, got))
+    assert np.array_equal(got, want)
+
+
 def test_non_array_dout():
     g, a = make("dot")
     out, ctx = forward(g, a, score="dot")
-    with pytest.raises(TypeError, match=r"dout must be a NumPy or CuPy array"):
-        sg.attention_backward(ctx, out.tolist())
+    for bad in (None, 1.0, "dout"):
+        with pytest.raises(TypeError, match=r"dout must be a NumPy or CuPy array"):
+            sg.attention_backward(ctx, bad)
+    with pytest.raises(TypeError, match=r"dout is a masked array"):
+        sg.attention_backward(ctx, np.ma.masked_array(np.ones_like(out)))
+    want = sg.attention_backward(ctx, np.ones_like(out))
+    got = sg.attention_backward(ctx, np.ones_like(out).tolist())
+    for (n, x), (m, y) in zip(want.items(), got.items()):
+        assert n == m and np.array_equal(x, y), n
 
 
 # ============================================================================ shapes
@@ -368,6 +453,49 @@ def test_negative_slope_not_finite(call, bad):
 
 
 @call_param
+@pytest.mark.parametrize("bad", [np.array([True]), np.array(True), np.array(["2.0"]), np.array([b"2"]),
+                                 np.array([2 + 0j]), np.array([2.0], dtype=object),
+                                 np.ma.masked_array([2.0])],
+                         ids=["bool1", "bool0d", "str", "bytes", "complex", "object", "masked"])
+def test_tau_arrays_of_non_real_dtype_refused(call, bad):
+    """Size-1 arrays must hold a real number: booleans and strings are not silently read as one."""
+    g, a = make("cosine")
+    check(TypeError, r"tau must be a real number", call, g, a, score="cosine", tau=bad)
+
+
+@call_param
+@pytest.mark.parametrize("name,score", [("tau", "cosine"), ("negative_slope", "additive"),
+                                        ("dropout", "dot")])
+def test_integers_beyond_float_range(call, name, score):
+    """10**400 was an OverflowError."""
+    g, a = make(score)
+    check(ValueError, rf"{name} must be finite, got 1000.*beyond the range of a float", call, g, a,
+          score=score, **{name: 10**400}, seed=0)
+
+
+@call_param
+@pytest.mark.parametrize("name,score", [("tau", "euclidean"), ("tau", "cosine"), ("negative_slope", "additive"),
+                                        ("negative_slope", "gatv2")])
+def test_options_must_be_finite_in_the_input_dtype(call, name, score):
+    """1e300 is a finite Python float but inf in float32: refused there, accepted in float64."""
+    g, a = make(score, np.float32)
+    check(ValueError, rf"{name}=1e\+300 is not finite in the inputs' dtype float32", call, g, a, score=score,
+          **{name: 1e300})
+    g, a = make(score, np.float64, edge_bias=False)
+    if name == "negative_slope":
+        call(g, a, score=score, **{name: 1e300})  # finite in float64 (and small inputs keep scores finite)
+    if name == "tau":  # the largest float32 itself is fine (with inputs small enough for the scores)
+        g, a = make(score, np.float32, edge_bias=False)
+        a["q"], a["k"] = a["q"] * np.float32(1e-20), a["k"] * np.float32(1e-20)
+        call(g, a, score=score, tau=float(np.finfo(np.float32).max))
+
+
+def test_negative_slope_unused_by_the_score_is_not_checked_against_the_dtype():
+    g, a = make("dot", np.float32)
+    forward(g, a, score="dot", negative_slope=1e300)
+
+
+@call_param
 @pytest.mark.parametrize("name,value,score", [("dropout", "0.1", "dot"), ("tau", "2", "cosine"),
                                               ("negative_slope", "0.2", "additive"),
                                               ("tau", b"2", "euclidean")])
@@ -416,6 +544,16 @@ def test_unknown_backend(call, bad):
 def test_backend_that_cannot_take_numpy_arrays(call):
     g, a = make("dot")
     check(TypeError, r"backend='cupy' takes cupy arrays, but the inputs are numpy arrays", call, g, a,
+          score="dot", backend="cupy")
+
+
+@call_param
+@pytest.mark.skipif(is_available("cupy"), reason="CuPy is installed")
+def test_backend_cupy_without_cupy_says_so(call):
+    """Both problems are named: the array kind and the missing package."""
+    g, a = make("dot")
+    check(TypeError, r"backend='cupy' takes cupy arrays, but the inputs are numpy arrays; besides, cupy is "
+                     r"not installed here \(pip install 'sparsegat\[cuda12\]'\)", call, g, a,
           score="dot", backend="cupy")
 
 

@@ -114,7 +114,10 @@ def select_backend(kind: str, backend: str | None = None) -> str:
     _check_name(backend, source)
     takes = _BACKENDS[backend][1]
     if takes != kind:
-        raise TypeError(f"{source}={backend!r} takes {takes} arrays, but the inputs are {kind} arrays")
+        missing = "" if is_available(backend) else (
+            f"; besides, {_BACKENDS[backend][2]} is not installed here "
+            f"(pip install 'sparsegat[{'cuda12' if backend == 'cupy' else backend}]')")
+        raise TypeError(f"{source}={backend!r} takes {takes} arrays, but the inputs are {kind} arrays{missing}")
     return backend
 
 

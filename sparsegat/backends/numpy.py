@@ -8,6 +8,7 @@ chunks, so nothing of size nnz x H x D is ever held. The derivations are in
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterator
 
 import numpy as np
@@ -145,12 +146,25 @@ def _aggregate(g: Any, a: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- the function set
+def _quiet(fn: Any) -> Any:
+    """Run ``fn`` without NumPy's overflow/invalid warnings: a score that overflows is reported
+    once, as a ``ValueError`` naming it, by the public functions (the NaN/inf rule of
+    ``docs/contract.md``), not as a stream of RuntimeWarnings from inside the reference."""
+    @functools.wraps(fn)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return fn(*args, **kwargs)
+    return quiet
+
+
+@_quiet
 def weights(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any, spec: AttentionSpec) -> np.ndarray:
     """Attention weights of every edge, (nnz, H) in CSR order, after dropout."""
     p, _, _ = _softmax(g, _scores(g, q, k, att, edge_bias, spec))
     return _dropped(p, spec)
 
 
+@_quiet
 def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
             spec: AttentionSpec) -> tuple[np.ndarray, dict]:
     """Scores, row softmax, dropout, aggregation; saves the row max and log-denominator (n_dst, H)."""
@@ -158,6 +172,7 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
     return _aggregate(g, _dropped(p, spec), v), {ROW_MAX: m, ROW_LOG_DENOM: log_denom}
 
 
+@_quiet
 def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
              spec: AttentionSpec, out: np.ndarray, saved: dict, dout: np.ndarray) -> dict:
     """Gradients of every input; see ``docs/math.md`` for the derivation."""

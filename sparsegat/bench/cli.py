@@ -610,8 +610,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 1
+    except FileNotFoundError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sparsegat bench: error: {where}{' '.join(str(exc.strerror or exc).split())}", file=sys.stderr)
+        return 1
     except (BenchError, ValueError, OSError) as exc:
-        print(f"sparsegat bench: error: {exc}", file=sys.stderr)
+        print(f"sparsegat bench: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        if args.traceback:
+            traceback.print_exc()
+        print("sparsegat bench: error: out of memory (use smaller graphs or fewer sizes)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nsparsegat bench: interrupted", file=sys.stderr)

@@ -18,7 +18,7 @@ from ..attention import attention_backward, attention_forward
 from ..backends import BACKEND_NAMES
 from ..graph import CSRGraph
 from . import init
-from .module import (Module, as_input, check_positive_int, check_probability, input_kind,
+from .module import (Module, as_input, check_grad, check_positive_int, check_probability, input_kind,
                      sparse_dense_matmul, sparse_t_matmul)
 
 #: Cache key of the self-loop version of a graph (kept on the graph itself, see CSRGraph.cached).
@@ -101,7 +101,6 @@ class _AttentionLayer(Module):
         self.backend = backend
         self.add_self_loops = bool(add_self_loops)
         self.dropout = check_probability("dropout", dropout)
-        self._cache: Any = None
         #: The operator's context of the latest forward (``ctx.graph``, ``ctx.q``, ``ctx.k``,
         #: ``ctx.att``, ``ctx.spec``): enough to recompute the attention weights.
         self.last_context: Any = None
@@ -134,18 +133,8 @@ class _AttentionLayer(Module):
         x_dst = x if n_dst == n_src else x[:n_dst]
         return _Input(x, kind, sparse, x_dst)
 
-    def _cached(self) -> Any:
-        """The cache of the latest forward (RuntimeError before any)."""
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return self._cache
-
-    def _check_dy(self, dy: Any, shape: tuple[int, ...]) -> Any:
-        if tuple(dy.shape) != shape:
-            raise ValueError(f"{type(self).__name__}.backward: dy must have shape {shape}, got {tuple(dy.shape)}")
-        if dy.dtype != self.dtype:
-            dy = dy.astype(self.dtype)
-        return dy
+    def _check_dy(self, dy: Any, shape: tuple[int, ...], kind: str, name: str = "dy") -> Any:
+        return check_grad(type(self).__name__, dy, shape, self.dtype, kind, name)
 
 
 class _HeadsLayer(_AttentionLayer):
@@ -279,13 +268,13 @@ class GATConv(_HeadsLayer):
                                      negative_slope=self.negative_slope, dropout=p, seed=seed,
                                      backend=self.backend)
         self.last_context = ctx
-        self._cache = _GATCache(inp, h, ctx, A, W)
+        self._save_for_backward(_GATCache(inp, h, ctx, A, W), bool(training))
         return self._output(out, inp.x_dst, kind)
 
-    def backward(self, dy: Any) -> Any:
-        inp, h, ctx, A, W = self._cached()
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        inp, h, ctx, A, W = saved
         n_dst, n_src = ctx.graph.shape
-        dy = self._check_dy(dy, (n_dst, self.total_out))
+        dy = self._check_dy(dy, (n_dst, self.total_out), inp.kind)
         xp = namespace(dy)
         H, C = self.heads, self.out_dim
         gr = attention_backward(ctx, self._operator_dout(dy, n_dst))
@@ -374,14 +363,14 @@ class GATv2Conv(_HeadsLayer):
                                      negative_slope=self.negative_slope, dropout=p, seed=seed,
                                      backend=self.backend)
         self.last_context = ctx
-        self._cache = _GATv2Cache(inp, ctx, W_src, W_dst)
+        self._save_for_backward(_GATv2Cache(inp, ctx, W_src, W_dst), bool(training))
         return self._output(out, x_dst, kind)
 
-    def backward(self, dy: Any) -> Any:
-        inp, ctx, W_src, W_dst = self._cached()
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        inp, ctx, W_src, W_dst = saved
         x, x_dst = inp.x, inp.x_dst
         n_dst, n_src = ctx.graph.shape
-        dy = self._check_dy(dy, (n_dst, self.total_out))
+        dy = self._check_dy(dy, (n_dst, self.total_out), inp.kind)
         H, C = self.heads, self.out_dim
         gr = attention_backward(ctx, self._operator_dout(dy, n_dst))
         self.grads["att"] = gr.att
@@ -497,19 +486,19 @@ class GraphAttention(_AttentionLayer):
                                      seed=seed, backend=self.backend)
         self.last_context = ctx
         c = out.reshape(n_dst, H * C)
-        self._cache = _StreamsCache(sq, sk, sv, single, ctx, Wq, Wk, Wv)
+        self._save_for_backward(_StreamsCache(sq, sk, sv, single, ctx, Wq, Wk, Wv), bool(training))
         if self.residual:
             return (q + c, k + c, v + c)
         return c
 
-    def _context_grad(self, dy: Any, shape: tuple[int, int]) -> tuple[Any, list[Any]]:
+    def _context_grad(self, dy: Any, shape: tuple[int, int], kind: str) -> tuple[Any, list[Any]]:
         """``(dc, direct)``: the gradient of the context, and of each stream's residual path (or None)."""
         if not self.residual:
-            return self._check_dy(dy, shape), [None, None, None]
+            return self._check_dy(dy, shape, kind), [None, None, None]
         if not isinstance(dy, tuple) or len(dy) != 3:
             raise ValueError("GraphAttention(residual=True).backward takes a tuple (dq, dk, dv) "
                              "like its output")
-        direct = [None if d is None else self._check_dy(d, shape) for d in dy]
+        direct = [None if d is None else self._check_dy(d, shape, kind, f"dy[{i}]") for i, d in enumerate(dy)]
         present = [d for d in direct if d is not None]
         if not present:
             raise ValueError("GraphAttention.backward: every gradient of the tuple is None")
@@ -518,11 +507,11 @@ class GraphAttention(_AttentionLayer):
             dc += d
         return dc, direct
 
-    def backward(self, dy: Any) -> Any:
-        c = self._cached()
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        c = saved
         n_dst, n_src = c.ctx.graph.shape
         H, C = self.heads, self.out_dim
-        dc, direct = self._context_grad(dy, (n_dst, H * C))
+        dc, direct = self._context_grad(dy, (n_dst, H * C), c.q.kind)
         gr = attention_backward(c.ctx, dc.reshape(n_dst, H, C))
         dq = gr.q.reshape(n_dst, H * C)
         dk = gr.k.reshape(n_src, H * C)

@@ -6,10 +6,10 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
-from ..arrays import namespace
+from ..arrays import array_kind, namespace
 from . import init
-from .module import (Module, as_input, check_positive_int, check_probability, input_kind, is_sparse,
-                     sparse_dense_matmul, sparse_t_matmul)
+from .module import (Module, _check_sparse_structure, as_input, check_grad, check_positive_int,
+                     check_probability, input_kind, is_sparse, sparse_dense_matmul, sparse_t_matmul)
 
 
 def _map(f: Callable[[Any], Any], x: Any) -> Any:
@@ -23,6 +23,57 @@ def _map2(f: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
     if isinstance(a, tuple):
         return tuple(None if (u is None or v is None) else f(u, v) for u, v in zip(a, b))
     return None if a is None or b is None else f(a, b)
+
+
+class _Spec(NamedTuple):
+    """Shape, dtype and array kind of a forward output: what its gradient must match."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    kind: str | None
+
+
+def _spec(y: Any) -> Any:
+    """The ``_Spec`` of an output (a tuple of them for streams; None for sparse or absent ones)."""
+    if type(y) is tuple:
+        return tuple(_spec(a) for a in y)
+    if y is None or is_sparse(y):
+        return None
+    return _Spec(tuple(y.shape), y.dtype, array_kind(y))
+
+
+def _check_like(owner: str, dy: Any, spec: Any) -> Any:
+    """``dy`` checked against the output spec (tuples entry by entry; None entries pass)."""
+    if type(spec) is tuple:  # streams (a _Spec is a NamedTuple, hence the exact type)
+        if not isinstance(dy, tuple) or len(dy) != len(spec):
+            raise TypeError(f"{owner}.backward: the output of forward was a tuple of {len(spec)} arrays, so dy "
+                            f"must be one too, got {type(dy).__name__}"
+                            f"{f' of {len(dy)}' if isinstance(dy, tuple) else ''}")
+        return tuple(None if (d is None or s is None) else check_grad(owner, d, s.shape, s.dtype, s.kind,
+                                                                       f"dy[{i}]")
+                     for i, (d, s) in enumerate(zip(dy, spec)))
+    if spec is None or dy is None:
+        return None
+    return check_grad(owner, dy, spec.shape, spec.dtype, spec.kind)
+
+
+def _float_input(owner: str, x: Any, allow_sparse: bool = False, check_structure: bool = False) -> Any:
+    """``x`` (or each array of a tuple) checked to be a float array (or a float sparse matrix)."""
+    if isinstance(x, tuple):
+        return tuple(None if a is None else _float_input(owner, a, allow_sparse, check_structure) for a in x)
+    if allow_sparse and is_sparse(x):
+        if np.dtype(x.dtype).kind != "f":
+            raise TypeError(f"{owner} needs float inputs, got a sparse matrix of dtype {x.dtype}; "
+                            f"convert it with x.astype(np.float32)")
+        if check_structure:
+            _check_sparse_structure("x", x)
+        return x
+    if array_kind(x) is None or isinstance(x, np.ma.MaskedArray):
+        what = "a masked array" if isinstance(x, np.ma.MaskedArray) else type(x).__name__
+        raise TypeError(f"{owner} takes a NumPy or CuPy array (or a tuple of them), got {what}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{owner} needs float inputs, got x of dtype {x.dtype}")
+    return x
 
 
 class Linear(Module):
@@ -55,7 +106,6 @@ class Linear(Module):
         self.params["W"] = init.glorot((self.in_dim, self.out_dim), self._rng, self.dtype)
         if bias:
             self.params["b"] = init.uniform_fan_in((self.out_dim,), self.in_dim, self._rng, self.dtype)
-        self._cache: Any = None
 
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
         kind = input_kind(x)
@@ -64,21 +114,21 @@ class Linear(Module):
             raise ValueError(f"Linear expects {self.in_dim} input features, got x of shape {tuple(x.shape)}")
         W = self._param("W", kind)
         y = sparse_dense_matmul(x, W)
-        if "b" in self.params:
+        has_bias = "b" in self.params
+        if has_bias:
             y += self._param("b", kind)
-        self._cache = (x, sparse)
+        self._save_for_backward((x, sparse, kind, W, has_bias), bool(training))
         return y
 
-    def backward(self, dy: Any) -> Any:
-        if self._cache is None:
-            raise RuntimeError("Linear.backward called before forward")
-        x, sparse = self._cache
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        x, sparse, kind, W, has_bias = saved
+        dy = check_grad("Linear", dy, (x.shape[0], self.out_dim), self.dtype, kind)
         self.grads["W"] = sparse_t_matmul(x, dy)
-        if "b" in self.params:
+        if has_bias:
             self.grads["b"] = dy.sum(axis=0)
         if sparse or not self.input_grad:
             return None
-        return dy @ self.params["W"].T
+        return dy @ W.T
 
     def extra_repr(self) -> str:
         return f"{self.in_dim}, {self.out_dim}, bias={'b' in self.params}"
@@ -92,7 +142,6 @@ class ELU(Module):
         self.alpha = float(alpha)
         if not self.alpha > 0:
             raise ValueError(f"alpha must be positive, got {alpha!r}")
-        self._cache: Any = None
 
     def _one(self, x: Any) -> Any:
         xp = namespace(x)
@@ -120,12 +169,12 @@ class ELU(Module):
         return xp.where(y > 0, dy, dy * (y + self.alpha))
 
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
-        y = _map(self._one, x)
-        self._cache = y
+        y = _map(self._one, _float_input("ELU", x))
+        self._save_for_backward(y, bool(training))
         return y
 
-    def backward(self, dy: Any) -> Any:
-        return _map2(self._grad, dy, self._cache)
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        return _map2(self._grad, _check_like("ELU", dy, _spec(saved)), saved)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
@@ -136,14 +185,16 @@ class ReLU(Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache: Any = None
 
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
-        self._cache = _map(lambda a: a > 0, x)
-        return _map(lambda a: namespace(a).maximum(a, 0), x)
+        x = _float_input("ReLU", x)
+        y = _map(lambda a: namespace(a).maximum(a, 0), x)
+        self._save_for_backward((_map(lambda a: a > 0, x), _spec(y)), bool(training))
+        return y
 
-    def backward(self, dy: Any) -> Any:
-        return _map2(lambda a, m: a * m, dy, self._cache)
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        keep, spec = saved
+        return _map2(lambda a, m: a * m, _check_like("ReLU", dy, spec), keep)
 
 
 class _Dropped(NamedTuple):
@@ -166,7 +217,6 @@ class Dropout(Module):
     def __init__(self, p: float = 0.5, *, seed: Any = None) -> None:
         super().__init__(seed=seed)
         self.p = check_probability("p", p)
-        self._cache: Any = None
         self._cupy_rng: Any = None
 
     def _moved(self, device: str) -> None:
@@ -211,25 +261,34 @@ class Dropout(Module):
         return _Dropped(y, keep)
 
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
-        if not training or self.p == 0.0:
-            self._cache = "identity"
+        training = bool(training)
+        active = training and self.p != 0.0
+        # Float inputs only (scaling an integer array would truncate); a sparse input's
+        # arrays are checked before anything converts or indexes them.
+        x = _float_input("Dropout", x, allow_sparse=True, check_structure=active)
+        if not active:
+            self._save_for_backward(("identity", _spec(x)), training)
             return x
         out = _map(self._one, x)
         if isinstance(x, tuple):
-            self._cache = tuple(None if o is None else o.keep for o in out)
-            return tuple(None if o is None else o.y for o in out)
-        self._cache = out.keep
-        return out.y
+            y = tuple(None if o is None else o.y for o in out)
+            keep = tuple(None if o is None else o.keep for o in out)
+        else:
+            y, keep = out.y, out.keep
+        self._save_for_backward((keep, _spec(y)), training)
+        return y
 
     def _grad(self, dy: Any, keep: Any) -> Any:
         dx = dy * keep
         dx *= dx.dtype.type(1.0 / (1.0 - self.p))
         return dx
 
-    def backward(self, dy: Any) -> Any:
-        if isinstance(self._cache, str):
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        keep, spec = saved
+        dy = _check_like("Dropout", dy, spec)
+        if isinstance(keep, str):
             return dy
-        return _map2(self._grad, dy, self._cache)
+        return _map2(self._grad, dy, keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -272,11 +331,14 @@ class Sequential(Module):
         return iter(self.layers)
 
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+        training = bool(training)
         for layer in self.layers:
             x = layer.forward(x, g, training=training)
+        self._save_for_backward(True, training)
         return x
 
-    def backward(self, dy: Any) -> Any:
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        # Each layer picks its own forward by the same rule, so all pick the same pass.
         for layer in reversed(self.layers):
             if dy is None:
                 return None

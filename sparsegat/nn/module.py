@@ -58,11 +58,23 @@ def input_kind(x: Any) -> str:
 
 
 def as_input(x: Any, dtype: np.dtype, name: str = "x") -> tuple[Any, bool]:
-    """``(x, is_sparse)`` with ``x`` 2-D in the layer's dtype; sparse inputs become CSR."""
+    """``(x, is_sparse)`` with ``x`` 2-D in the layer's dtype; sparse inputs become CSR.
+
+    Dense inputs must have a float dtype; sparse inputs a real one (bool, integer or
+    float: counts and 0/1 features convert exactly). Complex, object, string and
+    masked inputs are refused (``TypeError``): converting them would drop the
+    imaginary part or the mask silently.
+    """
     kind = input_kind(x)
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain array, got a masked array (its mask would be ignored); "
+                        f"pass {name}.filled(value) or the rows you mean")
     if is_sparse(x):
         if len(x.shape) != 2:
             raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
+        if np.dtype(x.dtype).kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got a sparse matrix of dtype {x.dtype} "
+                            f"(converting it would drop the imaginary part)")
         _check_sparse_structure(name, x)
         if x.format != "csr":
             x = x.tocsr()
@@ -111,6 +123,31 @@ def sparse_t_matmul(x: Any, dy: Any) -> Any:
     return out
 
 
+def check_grad(owner: str, dy: Any, shape: tuple[int, ...], dtype: Any, kind: str | None,
+               name: str = "dy") -> Any:
+    """``dy`` checked against the output it is the gradient of, cast to ``dtype``.
+
+    ``TypeError`` for anything but an array of the output's kind (NumPy or CuPy; lists
+    are refused, not guessed at) or for a non-real dtype; ``ValueError`` for another
+    shape. Real arrays of another dtype are cast.
+    """
+    dkind = array_kind(dy)
+    if dkind is None or isinstance(dy, np.ma.MaskedArray):
+        what = "a masked array" if isinstance(dy, np.ma.MaskedArray) else type(dy).__name__
+        raise TypeError(f"{owner}.backward: {name} must be a {kind or 'NumPy'} array like the output of "
+                        f"forward, got {what}")
+    if kind is not None and dkind != kind:
+        raise TypeError(f"{owner}.backward: {name} is a {dkind} array but the output of forward is a {kind} array")
+    if dy.dtype.kind not in "biuf":
+        raise TypeError(f"{owner}.backward: {name} must hold real numbers, got dtype {dy.dtype}")
+    if tuple(dy.shape) != tuple(shape):
+        raise ValueError(f"{owner}.backward: {name} must have shape {tuple(shape)} (the output's), "
+                         f"got {tuple(dy.shape)}")
+    if dy.dtype != dtype:
+        dy = dy.astype(dtype)
+    return dy
+
+
 class Module:
     """Base class of every layer and model.
 
@@ -124,10 +161,21 @@ class Module:
         Gradients of the last :meth:`backward`, under the names of ``params``;
         each backward overwrites them (no accumulation).
 
-    A layer caches what its backward needs during :meth:`forward`, so every
-    ``backward`` belongs to the latest ``forward`` of that layer, and a layer
+    A layer caches what its backward needs during :meth:`forward`; a layer
     object is used once per forward pass (share weights by assigning the same
     array to two layers' ``params``, not by calling one layer twice).
+
+    **Which forward a backward belongs to.** ``backward`` uses the most recent
+    training-mode forward (``training=True``) that has not been backpropagated
+    yet; an evaluation forward (``training=False``) does not replace it, so
+    logging a validation accuracy between a training forward and its backward
+    is harmless. When there is no such training forward, ``backward`` uses the
+    most recent evaluation forward. A backward retires every forward made before
+    it: calling ``backward`` a second time without a new forward raises
+    ``RuntimeError`` (as PyTorch does without ``retain_graph``), and so does a
+    backward before any forward. A backward that raises (a ``dy`` of the wrong
+    shape, say) retires nothing. The same rule holds for every layer and for
+    :class:`Sequential`.
     """
 
     def __init__(self, dtype: Any = np.float32, seed: Any = None) -> None:
@@ -138,13 +186,51 @@ class Module:
         #: False: ``backward`` skips the input gradient and returns None (a first layer,
         #: whose input is data, as PyG skips it for inputs without ``requires_grad``).
         self.input_grad = True
+        self._saved_train: Any = None
+        self._saved_eval: Any = None
+        self._backward_runs = 0
 
     # ------------------------------------------------------------------ protocol
     def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
         raise NotImplementedError
 
     def backward(self, dy: Any) -> Any:
+        """Gradients of the parameters (into ``grads``) and of the input (returned).
+
+        Belongs to the forward chosen by the rule in the class docstring (the latest
+        training forward not yet backpropagated, else the latest forward);
+        ``RuntimeError`` when every forward has been backpropagated already.
+        """
+        saved = self._saved_for_backward()
+        dx = self._backward(saved, dy)
+        self._saved_train = self._saved_eval = None
+        self._backward_runs = getattr(self, "_backward_runs", 0) + 1
+        return dx
+
+    def _backward(self, saved: Any, dy: Any) -> Any:
+        """The layer's backward pass, given what its forward saved."""
         raise NotImplementedError
+
+    def _save_for_backward(self, saved: Any, training: bool) -> None:
+        """Keep what backward needs: training and evaluation forwards in separate slots."""
+        if training:
+            self._saved_train = saved
+        else:
+            self._saved_eval = saved
+
+    def _saved_for_backward(self) -> Any:
+        """What the forward that the next backward belongs to saved (RuntimeError if none is left)."""
+        saved = getattr(self, "_saved_train", None)
+        if saved is None:
+            saved = getattr(self, "_saved_eval", None)
+        if saved is None:
+            name = type(self).__name__
+            if getattr(self, "_backward_runs", 0):
+                raise RuntimeError(f"{name}.backward called twice for the same forward: every forward has "
+                                   f"been backpropagated already (a backward frees what its forward saved); "
+                                   f"run forward again")
+            raise RuntimeError(f"{name}.backward called before forward")
+        return saved
 
     def __call__(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
         return self.forward(x, g, training=training)
@@ -204,8 +290,11 @@ class Module:
         return "numpy"
 
     def _param(self, key: str, like: Any = None) -> Any:
-        """``params[key]``, checked to live where the input does."""
-        p = self.params[key]
+        """``params[key]``, checked to be there and to live where the input does."""
+        p = self.params.get(key)
+        if p is None:
+            raise ValueError(f"{type(self).__name__}.params has no {key!r} (it was deleted or set to None); "
+                             f"the layer needs it: assign an array of shape and dtype of the original")
         if like is not None and array_kind(p) != like:
             raise TypeError(f"{type(self).__name__}.params[{key!r}] is a {array_kind(p) or type(p).__name__} "
                             f"array but the input is a {like} array; move the model with .to({like!r})")

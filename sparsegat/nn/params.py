@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
@@ -63,25 +62,17 @@ def load_params(model: Module, path: str | os.PathLike, strict: bool = True) -> 
 
 
 def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` file ``path``, numeric only, never unpickled (ValueError otherwise)."""
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a parameter file (.npz): {exc}") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{os.fspath(path)!r} holds a single array, not a parameter file (.npz)")
-    loaded: dict[str, np.ndarray] = {}
-    with archive:
-        for name in archive.files:
-            try:
-                a = archive[name]
-            except ValueError as exc:
-                raise ValueError(f"{os.fspath(path)!r}: array {name!r} cannot be loaded without "
-                                 f"unpickling ({exc}); object arrays are refused") from None
-            if a.dtype.kind not in "biuf":
-                raise ValueError(f"{os.fspath(path)!r}: array {name!r} has dtype {a.dtype}; "
-                                 f"only numeric arrays are accepted")
-            loaded[name] = a
+    """Every array of the ``.npz`` file ``path``, numeric only, never unpickled (ValueError otherwise).
+
+    Read by :func:`sparsegat.datasets.read_npz_arrays`: a corrupt or truncated archive, a
+    member that is not an ``.npy`` array, an object array or a header that declares more
+    data than the file holds is a ``ValueError`` naming the file, before any allocation.
+    """
+    from ..datasets import read_npz_arrays
+
+    loaded = read_npz_arrays(path, "a parameter file (.npz written by nn.save_params)")
+    for name, a in loaded.items():
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{os.fspath(path)!r}: array {name!r} has dtype {a.dtype}; "
+                             f"only numeric arrays are accepted")
     return loaded
