@@ -34,6 +34,10 @@ from sparsegat import CSRGraph
 from sparsegat.spec import SCALAR_SCORES, SCORES, TAU_SCORES
 
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+#: Added to the bias of one edge per row by ``attention_inputs(dominant=True)``: more than
+#: the ~709 that ``exp`` can take in float64, so a row maximum that misses this edge shows.
+DOMINANT_BIAS = 1000.0
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: Scores whose LeakyReLU slope matters.
@@ -156,6 +160,56 @@ def csr_graphs(draw: Any, min_n: int = 0, max_n: int = 10, bipartite: bool | Non
     return g
 
 
+@st.composite
+def large_csr_graphs(draw: Any, min_chunks: int = 2, hub_degree: tuple[int, int] = (40, 400),
+                     index_dtype: Any = None) -> CSRGraph:
+    """Strategy for graphs big enough to split into several numba chunks.
+
+    A few hundred rows (see ``sparsegat.backends.numba.partition``: a chunk costs at
+    least ``MIN_CHUNK_COST``, so such a graph has at least ``min_chunks`` chunks), with
+    empty rows, sparse rows, a few high-degree rows (``hub_degree`` edges: above 10,
+    sometimes above the kernels' ``ACC_BLOCK`` of 256) and a hub column; square or not.
+    Drawn from a seeded NumPy generator so that it shrinks as a unit.
+    """
+    from sparsegat.backends.numba.partition import MIN_CHUNK_COST, ROW_COST
+
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if index_dtype is None:
+        index_dtype = draw(st.sampled_from(INDEX_DTYPES))
+    n_dst = draw(st.integers(150, 500))
+    n_src = n_dst if draw(st.booleans()) else draw(st.integers(hub_degree[1], hub_degree[1] + 200))
+    n_hubs = draw(st.integers(1, 4))
+    deg = rng.integers(0, 14, size=n_dst)
+    deg[rng.random(n_dst) < 0.15] = 0  # empty rows
+    hubs = rng.choice(n_dst, size=n_hubs, replace=False)
+    deg[hubs] = rng.integers(hub_degree[0], hub_degree[1] + 1, size=n_hubs)
+    deg = np.minimum(deg, n_src)
+    # Enough edges for min_chunks chunks: top up the sparse rows.
+    need = min_chunks * MIN_CHUNK_COST + 1 - ROW_COST * n_dst
+    while int(deg.sum()) < need:
+        deg = np.minimum(deg + 1, n_src)
+    hub_col = int(rng.integers(0, n_src))
+    cols = []
+    for i in range(n_dst):
+        c = rng.choice(n_src, size=int(deg[i]), replace=False)
+        if deg[i] and hub_col not in c and rng.random() < 0.8:  # a source hub (a long column)
+            c[0] = hub_col
+        cols.append(np.sort(c))
+    indptr = np.zeros(n_dst + 1, dtype=index_dtype)
+    np.cumsum(deg, out=indptr[1:])
+    indices = np.concatenate(cols).astype(index_dtype) if n_dst else np.zeros(0, index_dtype)
+    return CSRGraph(indptr, indices, (n_dst, n_src))
+
+
+def mixed_graphs(large: float = 0.2, **small_kwargs: Any) -> st.SearchStrategy[CSRGraph]:
+    """Mostly :func:`csr_graphs` (``small_kwargs``), with probability about ``large`` a
+    :func:`large_csr_graphs` (several numba chunks, high-degree rows)."""
+    small = csr_graphs(**small_kwargs)
+    big = large_csr_graphs(index_dtype=small_kwargs.get("index_dtype"))
+    n = max(1, round(1 / large) - 1) if large > 0 else 0
+    return st.integers(0, n).flatmap(lambda r: big if (large > 0 and r == 0) else small)
+
+
 def random_graph(rng: np.random.Generator, n_dst: int, n_src: int | None = None,
                  density: float = 0.3, empty_rows: int = 0, index_dtype: Any = np.int32) -> CSRGraph:
     """A random graph (not a strategy): each edge present with probability ``density``.
@@ -211,7 +265,8 @@ def attention_inputs(draw: Any, g: CSRGraph, score: str, dtype: Any = np.float64
                      heads: int | None = None, dim: int | None = None, dim_v: int | None = None,
                      edge_bias: bool | None = None, tau: float | None = None,
                      scale: float | None = None, bias_scale: float = 2.0,
-                     styles: Sequence[str] = ("uniform", "grid", "zeros")) -> AttentionInputs:
+                     styles: Sequence[str] = ("uniform", "grid", "zeros"),
+                     dominant: bool | None = None) -> AttentionInputs:
     """Strategy for the inputs of one attention call on graph ``g`` with score ``score``.
 
     Shapes: ``q (n_dst, H, D)``, ``k (n_src, H, D)`` (``(n, H)`` for ``additive``),
@@ -230,18 +285,24 @@ def attention_inputs(draw: Any, g: CSRGraph, score: str, dtype: Any = np.float64
     Parameters
     ----------
     heads, dim, dim_v : int, optional
-        ``H``, ``D``, ``Dv``; drawn in 1..3, 1..4, 1..3 when not given.
+        ``H``, ``D``, ``Dv``; drawn in 1..3 or 4..6 (the numba two-pass form needs 4+),
+        1..4, 1..3 when not given.
     edge_bias : bool, optional
         Whether to draw an edge bias; drawn when None.
     styles : sequence of str
         Value styles to draw from: ``"uniform"``, ``"grid"`` (exact ties, zeros),
         ``"zeros"`` (some node rows zero). Gradient checks use ``("uniform",)`` to
         stay away from the kinks of LeakyReLU and of the cosine norm floor.
+    dominant : bool, optional
+        With an edge bias: one edge per row and head (at a random position, the last
+        one included) gets ``+DOMINANT_BIAS``, so that its score exceeds the others
+        by more than ``exp`` can take in either float dtype (a wrong row maximum then
+        overflows instead of cancelling out). Drawn (about 1 in 4) when None.
     """
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}")
     dtype = np.dtype(dtype)
-    heads = draw(st.integers(1, 3)) if heads is None else heads
+    heads = draw(st.one_of(st.integers(1, 3), st.integers(4, 6))) if heads is None else heads
     dim = draw(st.integers(1, 4)) if dim is None else dim
     dim_v = draw(st.integers(1, 3)) if dim_v is None else dim_v
     if edge_bias is None:
@@ -260,6 +321,18 @@ def attention_inputs(draw: Any, g: CSRGraph, score: str, dtype: Any = np.float64
     v = rng.uniform(-1.0, 1.0, size=(n_src, heads, dim_v))
     att = rng.uniform(-1.0, 1.0, size=(heads, dim)) if score == "gatv2" else None
     bias = rng.uniform(-bias_scale, bias_scale, size=(g.nnz, heads)) if edge_bias else None
+    if dominant is None:
+        dominant = bool(edge_bias) and draw(st.integers(0, 3)) == 0
+    if dominant and bias is not None:
+        indptr = np.asarray(g.indptr, dtype=np.int64)
+        deg = np.diff(indptr)
+        rows = np.flatnonzero(deg)
+        for h in range(heads):
+            pos = indptr[rows] + (rng.random(rows.shape[0]) * deg[rows]).astype(np.int64)
+            if rows.shape[0]:
+                last = rng.random(rows.shape[0]) < 0.3  # often the row's last edge
+                pos[last] = indptr[rows + 1][last] - 1
+            bias[pos, h] += DOMINANT_BIAS
     return AttentionInputs(q, k, v, att, bias, float(tau)).astype(dtype)
 
 

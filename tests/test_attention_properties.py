@@ -24,7 +24,7 @@ from sparsegat.spec import COSINE_EPS, SCALAR_SCORES, SCORES, TAU_SCORES
 
 from dense_reference import edge_list, reference_forward, reference_weights
 from strategies import (SCORE_CONFIG_IDS, SCORE_CONFIGS, attention_problems,
-                        csr_graphs, random_graph, tolerance)
+                        csr_graphs, mixed_graphs, random_graph, tolerance)
 
 BACKEND = None  # dispatch through SPARSEGAT_BACKEND, set by the fixture below
 
@@ -87,7 +87,7 @@ def problems(config, dtype=np.float64, **graph_kwargs):
     without edges are covered, for every score and shape, by test_graph_without_edges."""
     graph_kwargs.setdefault("min_edges", 1)
     graph_kwargs.setdefault("min_n", 1)
-    return attention_problems(configs=[config], dtype=dtype, graphs=csr_graphs(**graph_kwargs))
+    return attention_problems(configs=[config], dtype=dtype, graphs=mixed_graphs(**graph_kwargs))
 
 
 # ============================================================================ softmax rows

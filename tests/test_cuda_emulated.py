@@ -17,6 +17,7 @@ and columns, rows of hundreds of neighbours, both float dtypes and both index dt
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,10 @@ import pytest
 
 import sparsegat
 from sparsegat import CSRGraph
+from sparsegat.attention import _check_forward_result
 from sparsegat.backends.cuda import launch as cl
 from sparsegat.dropout import drop_threshold, keep_mask, mix_seed
-from sparsegat.spec import ROW_LOG_DENOM, ROW_MAX, SCORES, AttentionSpec
+from sparsegat.spec import COSINE_EPS, ROW_LOG_DENOM, ROW_MAX, SCORES, TAU_SCORES, AttentionSpec
 
 from cuda_emulation import harness
 
@@ -127,6 +129,8 @@ for _score in SCORES:
     CONFIGS.append((_score, F32, I32, ODD_DIMS))
 for _score in ("gatv2", "cosine", "euclidean", "dot"):
     CONFIGS.append((_score, F64, I64, WIDE_DIMS))
+for _score in SCORES:  # the finite-difference checks: float64, scalar loads
+    CONFIGS.append((_score, F64, I64, ODD_DIMS))
 
 
 def _all_names() -> set[str]:
@@ -422,6 +426,227 @@ def test_cosine_extreme_norms(rt, dtype, scale):
                         np.ones_like(out), rt)
     for name, a in grads.items():
         assert np.all(np.isfinite(a)), name
+
+
+# ---------------------------------------------------------------------- values near the dtype's max
+@pytest.mark.parametrize("dtype,index_dtype,dropout", [(F32, I32, 0.0), (F64, I64, 0.0), (F32, I32, 0.2)],
+                         ids=["f32", "f64", "f32-dropout"])
+def test_values_near_the_dtype_max_give_finite_exact_outputs(rt, dtype, index_dtype, dropout):
+    """|v| near the dtype's maximum (2e38 in float32): the output is a weighted mean of the
+    values, finite and equal to the reference. The accumulator is kept normalised (a sum
+    of p * v before dividing by the row sum overflowed to inf), in the fused kernel, in the
+    merge of the groups and in sg_attn_fwd_merge (rows of 300 and 280 neighbours)."""
+    g = hub_graph(index_dtype)
+    inp = make_inputs(g, "dot", dtype, SMALL_DIMS, seed=12)
+    top = float(np.finfo(dtype).max)
+    rng = np.random.default_rng(12)
+    sign = np.where(np.arange(SMALL_DIMS[1]) % 3 == 1, -1.0, 1.0)  # one sign per feature: sums overflow
+    v = rng.uniform(0.5, 1.0, inp["v"].shape) * sign * (0.6 * top)
+    inp["v"] = v.astype(dtype)
+    spec = make_spec("dot", dropout, seed=4)
+    out, saved = cl.forward(g, inp["q"], inp["k"], inp["v"], None, inp["edge_bias"], spec, rt)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(saved[ROW_MAX]))
+    assert np.all(np.isfinite(saved[ROW_LOG_DENOM]))
+    _check_forward_result(spec, dtype, saved, out, True)  # the public boundary accepts it
+    r_out = reference(g, inp, spec)[0]
+    assert float(np.max(np.abs(r_out))) > 0.3 * top
+    rtol = 1e-12 if dtype == F64 else 2e-6
+    np.testing.assert_allclose(out / top, r_out / top, rtol=rtol, atol=rtol)
+    w = cl.weights(g, inp["q"], inp["k"], None, inp["edge_bias"], spec, rt)
+    assert_close("weights", w, reference(g, inp, spec)[1], dtype)
+
+
+def test_long_float32_row_error_does_not_grow_with_the_degree(rt):
+    """One float32 row of 100,000 edges (391 segments) against float64: the segments are
+    merged in double, so the error stays at the level of a short row (a float merge was
+    off by ~6e-7 relative here, and growing with the degree)."""
+    H = 2
+    errors = {}
+    for deg in (300, 100_000):
+        rng = np.random.default_rng(deg)
+        g = CSRGraph(np.array([0, deg], np.int32), np.arange(deg, dtype=np.int32), (1, deg))
+        q = rng.uniform(-1, 1, (1, H, SMALL_DIMS[0])).astype(np.float32)
+        k = rng.uniform(-1, 1, (deg, H, SMALL_DIMS[0])).astype(np.float32)
+        v = rng.uniform(0, 1, (deg, H, SMALL_DIMS[1])).astype(np.float32)  # one sign: no cancellation
+        spec = make_spec("dot")
+        out, saved = cl.forward(g, q, k, v, None, None, spec, rt)
+        r_out = reference(g, dict(q=q, k=k, v=v, att=None, edge_bias=None), spec)[0]
+        errors[deg] = float(np.max(np.abs(out - r_out)) / np.max(np.abs(r_out)))
+    assert errors[100_000] < 2.5e-7, errors
+    assert errors[100_000] < 4 * max(errors[300], 6e-8), errors
+
+
+# ---------------------------------------------------------------------- finite differences (float64)
+FD_EPS = 1e-6
+FD_DIMS = ODD_DIMS  # (D, Dv) = (3, 5): scalar loads, whatever the arrays' alignment
+FD_SAMPLE = 24     # entries checked per array
+
+
+def _fd_loss(rt, g: CSRGraph, arrays: dict, spec: AttentionSpec, R: np.ndarray) -> float:
+    out, _ = cl.forward(g, arrays["q"], arrays["k"], arrays["v"], arrays.get("att"), arrays.get("edge_bias"),
+                        spec, rt)
+    return float(np.sum(out * R))
+
+
+def _fd_analytic(rt, g: CSRGraph, arrays: dict, spec: AttentionSpec, seed: int = 0):
+    out, saved = cl.forward(g, arrays["q"], arrays["k"], arrays["v"], arrays.get("att"), arrays.get("edge_bias"),
+                            spec, rt)
+    R = np.random.default_rng(seed + 1000).standard_normal(out.shape)
+    grads = cl.backward(g, arrays["q"], arrays["k"], arrays["v"], arrays.get("att"), arrays.get("edge_bias"),
+                        spec, out, saved, R, rt)
+    return R, grads
+
+
+def _fd_directional(rt, g, arrays, spec, R, name, idx, step, side=0) -> float:
+    """Central (side 0) or one-sided (side +-1) difference of the loss in ``arrays[name][idx]``."""
+    arrays = {n: (None if a is None else a.copy()) for n, a in arrays.items()}
+    x = arrays[name]
+    orig = x[idx]
+    if side == 0:
+        x[idx] = orig + step
+        plus = _fd_loss(rt, g, arrays, spec, R)
+        x[idx] = orig - step
+        return (plus - _fd_loss(rt, g, arrays, spec, R)) / (2 * step)
+    base = _fd_loss(rt, g, arrays, spec, R)
+    x[idx] = orig + side * step
+    return side * (_fd_loss(rt, g, arrays, spec, R) - base) / step
+
+
+def _fd_tau(rt, g, arrays, spec, R) -> float:
+    plus = _fd_loss(rt, g, arrays, replace(spec, tau=spec.tau + FD_EPS), R)
+    return (plus - _fd_loss(rt, g, arrays, replace(spec, tau=spec.tau - FD_EPS), R)) / (2 * FD_EPS)
+
+
+def _fd_case(score: str, *, n_dst=5, n_src=6, heads=2, edge_bias=True, hub=False, seed=0):
+    """A graph (empty row, several edges per row; ``hub``: a row of 300 neighbours, split
+    into segments) and float64 inputs with every LeakyReLU argument and norm away from a kink."""
+    rng = np.random.default_rng(seed)
+    if hub:
+        n_src = 300
+        rows = [list(range(n_src)), [], [1, 4, 7]]
+    else:
+        rows = [list(rng.choice(n_src, size=int(rng.integers(1, n_src)), replace=False)) for _ in range(n_dst)]
+        rows[1] = []
+    g = _graph(rows, n_src, I64)
+    D, Dv = FD_DIMS
+    tail = (heads,) if score == "additive" else (heads, D)
+    r_idx, c_idx = np.repeat(np.arange(len(rows)), np.diff(g.indptr)), np.asarray(g.indices)
+    for _ in range(10_000):
+        q = rng.standard_normal((len(rows),) + tail)
+        k = rng.standard_normal((n_src,) + tail)
+        if score in ("additive", "gatv2") and np.min(np.abs(q[r_idx] + k[c_idx])) < 1e-2:
+            continue
+        if score == "cosine" and min(np.min(np.linalg.norm(q, axis=-1)), np.min(np.linalg.norm(k, axis=-1))) < 0.1:
+            continue
+        break
+    arrays = {"q": q, "k": k, "v": rng.standard_normal((n_src, heads, Dv)),
+              "att": rng.standard_normal((heads, D)) if score == "gatv2" else None,
+              "edge_bias": rng.standard_normal((g.nnz, heads)) if edge_bias else None}
+    return g, arrays
+
+
+FD_CASES = [
+    ("dot-edge_bias", "dot", {}, dict(tau=1.0)),
+    ("scaled_dot-dropout", "scaled_dot", {"seed": 1}, dict(tau=1.0, dropout=0.3)),
+    ("cosine-tau", "cosine", {"seed": 2}, dict(tau=2.5)),
+    ("euclidean-dropout", "euclidean", {"seed": 3}, dict(tau=0.6, dropout=0.25)),
+    ("additive-slope", "additive", {"seed": 4}, dict(tau=1.0, slope=0.05)),
+    ("gatv2-edge_bias", "gatv2", {"seed": 5}, dict(tau=1.0, slope=1.7)),
+    ("dot-hub-row", "dot", {"hub": True, "seed": 6}, dict(tau=1.0, dropout=0.2)),
+]
+
+
+@pytest.mark.parametrize("score,case_kwargs,opts", [c[1:] for c in FD_CASES], ids=[c[0] for c in FD_CASES])
+def test_gradients_match_finite_differences(rt, score, case_kwargs, opts):
+    """The emulated CUDA backward against central differences of the emulated forward, for
+    every input with a gradient (as tests/test_gradients.py does for numpy and numba); the
+    hub case takes its row of 300 neighbours through the segment merges both ways."""
+    g, arrays = _fd_case(score, **case_kwargs)
+    spec = replace(make_spec(score, opts.get("dropout", 0.0), seed=9, slope=opts.get("slope", 0.2)),
+                   tau=opts["tau"])
+    R, grads = _fd_analytic(rt, g, arrays, spec)
+    expected = {"q", "k", "v"} | ({"att"} if score == "gatv2" else set()) | (
+        {"tau"} if score in TAU_SCORES else set()) | ({"edge_bias"} if arrays["edge_bias"] is not None else set())
+    assert set(grads) == expected
+    rng = np.random.default_rng(0)
+    for name in sorted(expected - {"tau"}):
+        x = arrays[name]
+        indices = list(np.ndindex(x.shape))
+        if len(indices) > FD_SAMPLE:  # a sample of the entries (every difference is two forwards)
+            pick = np.sort(rng.choice(len(indices), size=FD_SAMPLE, replace=False))
+            indices = [indices[i] for i in pick]
+        for idx in indices:
+            want = _fd_directional(rt, g, arrays, spec, R, name, idx, FD_EPS)
+            np.testing.assert_allclose(grads[name][idx], want, rtol=1e-6, atol=1e-8, err_msg=f"d{name}{idx}")
+    if "tau" in expected:
+        np.testing.assert_allclose(grads["tau"], _fd_tau(rt, g, arrays, spec, R), rtol=1e-6, atol=1e-8)
+    assert any(np.any(grads[n] != 0) for n in expected)
+
+
+def _kink_case(score: str, offset: float):
+    """Row 0 of a 3 x 4 graph with every LeakyReLU argument exactly at ``offset`` (q and k
+    are binary fractions, so offset 0 gives z = 0 exactly)."""
+    g = _graph([[0, 1, 2], [0, 3], [1]], 4, I64)
+    rng = np.random.default_rng(3)
+    heads, D = 2, FD_DIMS[0]
+    if score == "additive":
+        q = np.array([[0.5, -0.25], [0.75, 0.125], [-0.375, 0.5]])
+        k = rng.choice([-1.5, -0.75, 1.25, 2.0], size=(4, heads))
+    else:
+        q = rng.choice([-1.0, -0.5, 0.5, 1.0], size=(3, heads, D))
+        k = rng.choice([-1.5, 1.5], size=(4, heads, D))
+    k[[0, 1, 2]] = -q[0] + offset
+    arrays = {"q": q, "k": k, "v": rng.standard_normal((4, heads, FD_DIMS[1])),
+              "att": rng.standard_normal((heads, D)) if score == "gatv2" else None, "edge_bias": None}
+    return g, arrays
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.0])
+@pytest.mark.parametrize("score", ["additive", "gatv2"])
+def test_gradient_at_the_leaky_relu_kink(rt, score, slope):
+    """LeakyReLU arguments exactly 0: the slope branch (lrelu'(0) = slope, docs/math.md),
+    i.e. the difference quotient from the left; beside the kink (z = +-1e-4) the central
+    difference."""
+    spec = AttentionSpec(score, 1.0, slope)
+    for offset in (0.0, 1e-4, -1e-4):
+        g, arrays = _kink_case(score, offset)
+        R, grads = _fd_analytic(rt, g, arrays, spec, seed=7)
+        for name in ("q", "k") + (("att",) if score == "gatv2" else ()):
+            for idx in np.ndindex(arrays[name].shape):
+                if offset == 0.0 and name != "att":
+                    want = _fd_directional(rt, g, arrays, spec, R, name, idx, 1e-7, side=-1)
+                else:
+                    want = _fd_directional(rt, g, arrays, spec, R, name, idx, 1e-6)
+                np.testing.assert_allclose(grads[name][idx], want, rtol=1e-5, atol=1e-6,
+                                           err_msg=f"d{name}{idx} offset {offset}")
+
+
+@pytest.mark.parametrize("norm", [0.0, 3e-9, 1.01e-8, 5e-8])
+def test_cosine_gradient_near_the_norm_floor(rt, norm):
+    """Rows of q and k with norms below, just above and above COSINE_EPS: ``tau / eps * G``
+    below the floor, the projected gradient above; steps are a fraction of the norm so
+    that they do not cross the floor."""
+    rng = np.random.default_rng(11)
+    g = _graph([[0, 1, 3], [], [1, 2, 4, 5], [3], [0, 5]], 6, I64)
+    heads, (D, Dv) = 2, FD_DIMS
+    q = rng.standard_normal((5, heads, D))
+    k = rng.standard_normal((6, heads, D))
+    for x, rows in ((q, [0, 2]), (k, [1, 3])):
+        for r in rows:
+            u = rng.standard_normal((heads, D))
+            x[r] = norm * u / np.linalg.norm(u, axis=-1, keepdims=True)
+    arrays = {"q": q, "k": k, "v": rng.standard_normal((6, heads, Dv)), "att": None, "edge_bias": None}
+    spec = AttentionSpec("cosine", 1.5, 0.2)
+    R, grads = _fd_analytic(rt, g, arrays, spec, seed=1)
+    for name, rows in (("q", [0, 2]), ("k", [1, 3])):
+        for r in rows:
+            scale = np.abs(grads[name][r]).max() + 1e-300
+            for idx in np.ndindex(heads, D):
+                full = (r,) + idx
+                step = max(norm, COSINE_EPS) * 1e-4 if norm <= 2 * COSINE_EPS else norm * 1e-4
+                want = _fd_directional(rt, g, arrays, spec, R, name, full, step)
+                assert abs(grads[name][full] - want) <= 1e-4 * scale + 1e-6, (name, full, grads[name][full], want)
+    np.testing.assert_allclose(grads["tau"], _fd_tau(rt, g, arrays, spec, R), rtol=1e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------------- geometry (no compiler needed)

@@ -1,4 +1,6 @@
-"""Finite-difference checks of the hand-written backward pass, in float64.
+"""Finite-difference checks of the hand-written backward pass, in float64, on every CPU
+backend (the module runs once per backend: the reference and numba; the CUDA kernels
+get the same checks in emulation, tests/test_cuda_emulated.py).
 
 For a random scalar loss ``L = sum(out * R)``, ``attention_backward(ctx, R)`` must match
 central differences ``(L(x + eps) - L(x - eps)) / (2 eps)`` for every input it returns
@@ -17,17 +19,29 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import sparsegat as sg
+from sparsegat import CSRGraph
 from sparsegat.spec import SCALAR_SCORES, SCORES
 from sparsegat.spec import TAU_SCORES
 
 from dense_reference import edge_list
 from strategies import attention_inputs, csr_graphs, random_graph
 
-BACKEND = "numpy"
+BACKEND = "numpy"  # set per module run by the fixture below
 EPS = 1e-6
 RTOL, ATOL = 1e-6, 1e-8
 LEAKY_SCORES = ("additive", "gatv2")
 KINK_MARGIN = 1e-2  # |q_i + k_j| (LeakyReLU argument) and norms stay this far from a kink
+
+
+@pytest.fixture(scope="module", autouse=True,
+                params=["numpy"] + [pytest.param("numba", marks=pytest.mark.skipif(
+                    not sg.backends.is_available("numba"), reason="numba is not installed"))])
+def grad_backend(request):
+    """Runs the module once per CPU backend (module scope: hypothesis allows it)."""
+    global BACKEND
+    old, BACKEND = BACKEND, request.param
+    yield request.param
+    BACKEND = old
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -245,3 +259,109 @@ def test_gradients_on_hypothesis_graphs(data, score):
         options.update(dropout=0.3, seed=data.draw(st.integers(0, 2**64 - 1)))
     arrays = {"q": inputs.q, "k": inputs.k, "v": inputs.v, "att": inputs.att, "edge_bias": inputs.edge_bias}
     check_gradients(g, {n: a for n, a in arrays.items() if a is not None}, options)
+
+
+# ---------------------------------------------------------------------------- kinks
+def _directional(g, arrays, options, R, name, idx, step, side):
+    """One-sided (side=+1/-1) or central (side=0) difference of the loss in ``arrays[name][idx]``."""
+    arrays = {n: a.copy() for n, a in arrays.items()}
+    x = arrays[name]
+    orig = x[idx]
+    if side == 0:
+        x[idx] = orig + step
+        plus = loss(g, arrays, options, R)
+        x[idx] = orig - step
+        return (plus - loss(g, arrays, options, R)) / (2 * step)
+    base = loss(g, arrays, options, R)
+    x[idx] = orig + side * step
+    return side * (loss(g, arrays, options, R) - base) / step
+
+
+def _kink_case(score, offset):
+    """Rows 0 and 1 of a 3 x 4 graph with every LeakyReLU argument of row 0 at ``offset``
+    (exactly 0 for offset 0: q and k are exact binary fractions)."""
+    g = CSRGraph.from_edge_index(np.array([0, 1, 2, 1, 3, 0]), np.array([0, 0, 0, 1, 1, 2]),
+                                 num_src=4, num_dst=3)
+    rng = np.random.default_rng(3)
+    heads, dim = 2, 3
+    if score == "additive":
+        q = np.array([[0.5, -0.25], [0.75, 0.125], [-0.375, 0.5]])
+        k = rng.choice([-1.5, -0.75, 1.25, 2.0], size=(4, heads))
+        k[[0, 1, 2]] = -q[0] + offset  # z = q_0 + k_j = offset on row 0
+    else:
+        q = rng.choice([-1.0, -0.5, 0.5, 1.0], size=(3, heads, dim))
+        k = rng.choice([-1.5, 1.5], size=(4, heads, dim))
+        k[[0, 1, 2]] = -q[0] + offset
+    arrays = {"q": q, "k": k, "v": rng.standard_normal((4, heads, 2))}
+    if score == "gatv2":
+        arrays["att"] = rng.standard_normal((heads, dim))
+    return g, arrays
+
+
+@pytest.mark.parametrize("slope", [0.2, 0.0, 1.7])
+@pytest.mark.parametrize("score", LEAKY_SCORES)
+def test_gradient_at_the_leaky_relu_kink(score, slope):
+    """LeakyReLU arguments exactly 0: the gradient is the one-sided derivative of the
+    slope branch (lrelu'(0) = slope, docs/math.md), i.e. the difference quotient from the
+    left; just beside the kink (z = +-1e-4) it is the ordinary central difference."""
+    options = {"score": score, "negative_slope": slope}
+    for offset in (0.0, 1e-4, -1e-4):
+        g, arrays = _kink_case(score, offset)
+        out, ctx = sg.attention_forward(g, arrays["q"], arrays["k"], arrays["v"], att=arrays.get("att"),
+                                        backend=BACKEND, **options)
+        R = np.random.default_rng(7).standard_normal(out.shape)
+        grads = dict(sg.attention_backward(ctx, R).items())
+        for name in ("q", "k"):
+            for idx in np.ndindex(arrays[name].shape):
+                if offset == 0.0:
+                    # q grows: z > 0 for row 0 (the other branch); k of row 0's sources: likewise.
+                    want = _directional(g, arrays, options, R, name, idx, 1e-7, side=-1)
+                else:
+                    want = _directional(g, arrays, options, R, name, idx, 1e-6, side=0)
+                np.testing.assert_allclose(grads[name][idx], want, rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{name}{idx} offset {offset}")
+        if score == "gatv2":
+            for idx in np.ndindex(arrays["att"].shape):
+                want = _directional(g, arrays, options, R, "att", idx, 1e-6, side=0)
+                np.testing.assert_allclose(grads["att"][idx], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", [0.0, 3e-9, 9.9e-9, 1.01e-8, 5e-8])
+def test_cosine_gradient_below_and_near_the_norm_floor(norm):
+    """Rows of q and k with norms below, at and just above COSINE_EPS (1e-8): the gradient
+    is ``tau / eps * G`` below the floor and the projected one above (docs/math.md);
+    difference steps are a fraction of the norm so that they do not cross the floor."""
+    from sparsegat.spec import COSINE_EPS
+
+    rng = np.random.default_rng(11)
+    g = random_graph(rng, 5, 6, density=0.5, empty_rows=1)
+    heads, dim = 2, 3
+    q = rng.standard_normal((5, heads, dim))
+    k = rng.standard_normal((6, heads, dim))
+    for x, rows in ((q, [0, 2]), (k, [1, 3])):
+        for r in rows:
+            u = rng.standard_normal((heads, dim))
+            x[r] = norm * u / np.linalg.norm(u, axis=-1, keepdims=True)
+    arrays = {"q": q, "k": k, "v": rng.standard_normal((6, heads, 2))}
+    options = {"score": "cosine", "tau": 1.5}
+    out, ctx = sg.attention_forward(g, q, k, arrays["v"], backend=BACKEND, **options)
+    R = np.random.default_rng(1).standard_normal(out.shape)
+    grads = dict(sg.attention_backward(ctx, R).items())
+    for name, rows in (("q", [0, 2]), ("k", [1, 3])):
+        for r in rows:
+            for idx in np.ndindex(heads, dim):
+                full = (r,) + idx
+                step = max(norm, COSINE_EPS) * 1e-4 if norm <= 2 * COSINE_EPS else norm * 1e-4
+                want = _directional(g, arrays, options, R, name, full, step, side=0)
+                got = grads[name][full]
+                # the gradient is ~1/|x| times the others: compare relative to the row's size
+                scale = np.abs(grads[name][r]).max() + 1e-300
+                assert abs(got - want) <= 1e-4 * scale + 1e-6, (name, full, got, want)
+    np.testing.assert_allclose(grads["tau"], _directional_tau(g, arrays, options, R), rtol=1e-5, atol=1e-7)
+
+
+def _directional_tau(g, arrays, options, R):
+    tau = options["tau"]
+    plus = loss(g, arrays, {**options, "tau": tau + EPS}, R)
+    minus = loss(g, arrays, {**options, "tau": tau - EPS}, R)
+    return (plus - minus) / (2 * EPS)

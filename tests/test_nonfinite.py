@@ -307,16 +307,34 @@ def _emulated_forward_check(emulated, case):
 @pytest.mark.parametrize("case", ["dot", "dot-nan", "additive", "edge_bias"])
 def test_cuda_emulated_overflow_is_refused_at_the_boundary(emulated, case):
     """The public boundary's check covers the CUDA backend for scores that overflow to +inf
-    or NaN (here through ``out``: the kernels save 0 statistics for such rows)."""
-    with pytest.raises(ValueError, match=r"overflowed float32"):
+    or NaN: the kernels save the row statistics of every non-empty row as computed (NaN
+    here), so the boundary names the scores, as for the CPU backends."""
+    score = overflowing(case, F32)[0]
+    with pytest.raises(ValueError, match=rf"the '{score}' scores of row \d+ \(head \d+\) overflowed float32"):
         _emulated_forward_check(emulated, case)
 
 
 @pytest.mark.cuda_emulated
-@pytest.mark.xfail(strict=True, reason="forward.cu saves rmax = rlog = 0 and out = 0 for a row whose scores all "
-                                       "overflowed to -inf (l == 0), exactly as for an empty row; the kernel must "
-                                       "save m and log(l) for every non-empty row for the boundary to see it")
 @pytest.mark.parametrize("case", ["euclidean", "additive-negative"])
 def test_cuda_emulated_all_minus_inf_rows_are_refused(emulated, case):
-    with pytest.raises(ValueError, match=r"overflowed float32"):
+    """Every score of a row -inf (l = 0): the kernel saves log(0) = -inf, not the 0 of an
+    empty row, so the boundary refuses it."""
+    score = overflowing(case, F32)[0]
+    with pytest.raises(ValueError, match=rf"the '{score}' scores of row \d+ \(head \d+\) overflowed float32"):
         _emulated_forward_check(emulated, case)
+
+
+@pytest.mark.cuda_emulated
+def test_cuda_emulated_empty_rows_keep_zero_statistics(emulated):
+    """Only an empty row saves rmax = rlog = 0 (and out = 0); finite scores pass the boundary."""
+    from sparsegat.attention import _check_forward_result
+    from sparsegat.spec import ROW_LOG_DENOM, ROW_MAX
+
+    cl, rt = emulated
+    a = inputs("dot", F32)
+    g = graph().with_index_dtype(np.int32)  # row 1 has no edges
+    spec = AttentionSpec("dot")
+    out, saved = cl.forward(g, a["q"], a["k"], a["v"], None, a["edge_bias"], spec, rt)
+    _check_forward_result(spec, F32, saved, out, True)
+    assert np.all(out[1] == 0) and np.all(saved[ROW_MAX][1] == 0) and np.all(saved[ROW_LOG_DENOM][1] == 0)
+    assert np.all(saved[ROW_LOG_DENOM][[0, 3]] > 0)  # rows of several edges: log l > 0

@@ -3,7 +3,7 @@
 //   sg_attn_fwd           a warp per (row segment, head): scores, online softmax and
 //                         aggregation in one sweep over the segment's edges.
 //   sg_attn_fwd_merge     rows split into several segments: merge the per-segment
-//                         (max, sum, accumulator) partials in segment order.
+//                         (max, sum, normalised accumulator) partials in segment order.
 //   sg_attn_weights_fin   turn raw scores into weights once the row statistics are known.
 //   sg_unit_rows          cosine: rows x / max(|x|, eps) and their clamped norms.
 //
@@ -16,11 +16,20 @@
 // VEC elements per vector load (1, or 16 / sizeof(T) when D and Dv allow it);
 // NACC vectors of accumulators per lane (the Dv tile is lpe * VEC * NACC wide).
 //
-// Outputs for a row held by a single segment (seg_slot < 0): out, and the row's
-// softmax statistics rmax (the max score) and rlog (log of sum exp(s - rmax)), kept
-// apart so that p = exp((s - rmax) - rlog) stays accurate when |rmax| is huge.
-// For a row split over several segments: part_acc (slot, H, Dv) and part_ml
-// (slot, H, 2) = (running max, sum of exp) for sg_attn_fwd_merge.
+// Online softmax state of a group: the running max m, l = sum exp(s - m) and the
+// accumulator acc = sum keep * exp(s - m) * v_j / l, kept normalised (a weighted mean
+// of the values, so |acc| <= max |v_j|: values near the dtype's maximum never
+// overflow an un-normalised sum). Each edge costs one scalar factor per group and one
+// multiply and one FMA per feature: acc = acc * (l_old * sc / l_new) + (pk / l_new) * v.
+//
+// Outputs for a row held by a single segment (seg_slot < 0): out = keep_scale * acc, and
+// the row's softmax statistics rmax (the max score) and rlog (log of sum exp(s - rmax)),
+// kept apart so that p = exp((s - rmax) - rlog) stays accurate when |rmax| is huge.
+// They are saved as computed for every non-empty row: a row whose scores overflowed
+// (a NaN, or every score -inf so that l = 0) saves a NaN or -inf that the public
+// boundary refuses; only an empty row saves 0 and 0.
+// For a row split over several segments: part_acc (slot, H, Dv), the segment's
+// normalised acc, and part_ml (slot, H, 2) = (m, l) for sg_attn_fwd_merge.
 // For cosine, q and k are the unit rows made by sg_unit_rows.
 // v may be null with Dv = 0 (the weights path); scores, when not null, receives the
 // raw score of every edge (nnz, H).
@@ -96,26 +105,37 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
         const T mn = sg_max(m, s);
         const T sc = sg_exp(m - mn);
         const T p = sg_exp(s - mn);
-        l = l * sc + p;
+        const T ls = l * sc;
+        const T ln = ls + p;
+        // l_new is 0 only while every score so far is -inf (acc is 0 then); NaN propagates.
+        const T inv = ln != T(0) ? T(1) / ln : T(0);
+        const T fa = ls * inv;                   // l_old * sc / l_new
+        const T fb = kp ? p * inv : T(0);        // keep * p / l_new
+        l = ln;
         m = mn;
-        const T pk = kp ? p : T(0);
 #pragma unroll
         for (int it = 0; it < NACC; ++it) {
 #pragma unroll
-          for (int u = 0; u < VEC; ++u) acc[it][u] = acc[it][u] * sc + pk * vj[it][u];
+          for (int u = 0; u < VEC; ++u) acc[it][u] = acc[it][u] * fa + fb * vj[it][u];
         }
       }
     }
   }
 
-  // Merge the groups' online-softmax states: xor offsets lpe, 2 lpe, ..., 16.
+  // Merge the groups' online-softmax states: xor offsets lpe, 2 lpe, ..., 16. The
+  // accumulators are normalised, so they are weighted by each side's share of the sum.
+  // A group without edges has l = 0 (its share is 0); a NaN l or m is not dropped.
   for (int o = lpe; o < 32; o <<= 1) {
     const T m2 = __shfl_xor_sync(SG_FULL_MASK, m, o);
     const T l2 = __shfl_xor_sync(SG_FULL_MASK, l, o);
     const T mn = sg_max(m, m2);
-    const T sa = l > T(0) ? sg_exp(m - mn) : T(0);
-    const T sb = l2 > T(0) ? sg_exp(m2 - mn) : T(0);
-    l = l * sa + l2 * sb;
+    const T la = l * sg_exp(m - mn);
+    const T lb = l2 * sg_exp(m2 - mn);
+    const T ln = la + lb;
+    const T inv = ln != T(0) ? T(1) / ln : T(0);
+    const T wa = la * inv;
+    const T wb = lb * inv;
+    l = ln;
     m = mn;
 #pragma unroll
     for (int it = 0; it < NACC; ++it) {
@@ -123,7 +143,7 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
 #pragma unroll
         for (int u = 0; u < VEC; ++u) {
           const T a2 = __shfl_xor_sync(SG_FULL_MASK, acc[it][u], o);
-          acc[it][u] = acc[it][u] * sa + a2 * sb;
+          acc[it][u] = acc[it][u] * wa + a2 * wb;
         }
       }
     }
@@ -131,20 +151,22 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
 
   if (g != 0) return;
   if (slot < 0) {
-    const T inv = l > T(0) ? keep_scale / l : T(0);
 #pragma unroll
     for (int it = 0; it < NACC; ++it) {
       const int d = f0 + it * stride + lig * VEC;
       if (d < Dv) {
         T o[VEC];
 #pragma unroll
-        for (int u = 0; u < VEC; ++u) o[u] = acc[it][u] * inv;
+        for (int u = 0; u < VEC; ++u) o[u] = acc[it][u] * keep_scale;
         store_pack(out + rh * Dv + d, o);
       }
     }
     if (first_tile && lig == 0) {
-      rmax[rh] = l > T(0) ? m : T(0);
-      rlog[rh] = l > T(0) ? sg_log(l) : T(0);
+      // Every non-empty row saves its statistics as they are (a NaN, or log 0 = -inf
+      // when every score is -inf, is refused by the boundary); an empty row saves 0, 0.
+      const bool any = end > beg;
+      rmax[rh] = any ? m : T(0);
+      rlog[rh] = any ? sg_log(l) : T(0);
     }
   } else {
     const long long sh = slot * H + h;
@@ -160,8 +182,13 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
   }
 }
 
-// Rows split over several segments: out = keep_scale * sum_s acc_s e^(m_s - M) / L,
-// L = sum_s l_s e^(m_s - M), M = max_s m_s, rmax = M, rlog = log L; segments in order.
+// Rows split over several segments, merged in segment order: M = max_s m_s,
+// L = sum_s l_s e^(m_s - M), out = keep_scale * sum_s acc_s * (l_s e^(m_s - M) / L)
+// (acc_s are the segments' normalised means, so this is a convex combination: it
+// overflows only when the result does), rmax = M, rlog = log L. The weights and the
+// sums are taken in double, so that the rounding error of a float row of many
+// segments does not grow with its degree. A segment whose l or m is NaN makes the row
+// NaN (never dropped); L = 0 (every score -inf) saves rlog = -inf and out = 0.
 // A thread per (long row, head, feature); F = max(Dv, 1) so the statistics are
 // written with Dv = 0 too.
 template <typename T, typename I>
@@ -181,19 +208,25 @@ sg_attn_fwd_merge(const I* __restrict__ long_row, const I* __restrict__ long_ptr
     const long long s0 = (long long)long_ptr[r], s1 = (long long)long_ptr[r + 1];
     T M = Num<T>::lowest();
     for (long long s = s0; s < s1; ++s) M = sg_max(M, part_ml[2 * (s * H + h)]);
-    T L = T(0), o = T(0);
+    double L = 0.0;
     for (long long s = s0; s < s1; ++s) {
       const long long sh = s * H + h;
-      const T ls = part_ml[2 * sh + 1];
-      const T w = ls > T(0) ? sg_exp(part_ml[2 * sh] - M) : T(0);
-      L += ls * w;
-      if (d < Dv) o += part_acc[sh * Dv + d] * w;
+      L += (double)part_ml[2 * sh + 1] * sg_exp((double)part_ml[2 * sh] - (double)M);
     }
     const long long rh = (long long)long_row[r] * H + h;
-    if (d < Dv) out[rh * Dv + d] = o * (keep_scale / L);
+    if (d < Dv) {
+      const double inv = L != 0.0 ? 1.0 / L : 0.0;
+      double o = 0.0;
+      for (long long s = s0; s < s1; ++s) {
+        const long long sh = s * H + h;
+        const double w = (double)part_ml[2 * sh + 1] * sg_exp((double)part_ml[2 * sh] - (double)M) * inv;
+        o += (double)part_acc[sh * Dv + d] * w;
+      }
+      out[rh * Dv + d] = (T)(o * (double)keep_scale);
+    }
     if (d == 0) {
       rmax[rh] = M;
-      rlog[rh] = sg_log(L);
+      rlog[rh] = (T)sg_log(L);
     }
   }
 }

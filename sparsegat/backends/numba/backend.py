@@ -24,7 +24,7 @@ import numpy as np
 from ...arrays import aligned_empty
 from .backward import backward_kernels, pack_rows
 from .dense import adam_update as adam_kernel, csr_matmul_rows
-from .forward import cosine_unit, forward_kernel, weights_kernel
+from .forward import cosine_unit, forward_kernel, forward_repair_kernel, weights_kernel
 from .partition import balanced_chunks
 from .scores import ADDITIVE, COSINE, SCORE_CODES
 from ...spec import COSINE_EPS, ROW_INV_DENOM, ROW_MAX, TAU_SCORES, AttentionSpec
@@ -147,8 +147,13 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
     qs, ks, qn, kn = _score_inputs(q, k, spec)
     indptr, indices, chunks = _csr(g)
     two_pass = heads >= TWO_PASS_MIN_HEADS and ks.nbytes + v.nbytes <= TWO_PASS_MAX_BYTES
-    forward_kernel(spec.score)(indptr, indices, chunks, qs, ks, _ro(v),
-                               *_options(q, att, edge_bias, qn, kn, spec), two_pass, out, rowmax, rowinv)
+    options = _options(q, att, edge_bias, qn, kn, spec)
+    flags = np.zeros(chunks.shape[0], dtype=np.uint8)  # chunks with a non-finite output
+    forward_kernel(spec.score)(indptr, indices, chunks, qs, ks, _ro(v), *options, two_pass,
+                               out, rowmax, rowinv, flags)
+    if flags.any():  # rare: |v| near the dtype's maximum (or NaN/inf inputs)
+        forward_repair_kernel(spec.score)(indptr, indices, chunks, qs, ks, _ro(v), *options, _ro(flags),
+                                          out, _ro(rowmax), _ro(rowinv))
     return out, {ROW_MAX: rowmax, ROW_INV_DENOM: rowinv}
 
 
@@ -176,8 +181,9 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
     indptr, indices, chunks = _csr(g)
     nchunks = chunks.shape[0] - 1
     dq = aligned_empty(q.shape, dtype)
-    att_part = np.empty(((nchunks,) + att.shape) if att is not None else (1, 1, 1), dtype=dtype)
-    tau_part = np.empty(max(nchunks, 1), dtype=dtype)
+    # Per-chunk partials in float64: each sums over every edge of its chunk.
+    att_part = np.empty(((nchunks,) + att.shape) if att is not None else (1, 1, 1), dtype=np.float64)
+    tau_part = np.empty(max(nchunks, 1), dtype=np.float64)
     dest_pass(indptr, indices, chunks, qs, ks, options.att, options.qnorm, options.knorm, options.tau,
               options.slope, options.scale, _ro(ds), dq, att_part, tau_part)
 
@@ -193,10 +199,10 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
 
 def _ordered_sum(parts: np.ndarray, shape: tuple, dtype: np.dtype) -> np.ndarray:
     """Sum of per-chunk partials, one chunk after another (a fixed order)."""
-    total = np.zeros(shape, dtype=dtype)
+    total = np.zeros(shape, dtype=np.float64)
     for p in parts:
         total += p
-    return total
+    return total.astype(dtype)
 
 
 def weights(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any,
@@ -231,3 +237,4 @@ def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, vmax
     vmax_flat = vmax.reshape(-1) if amsgrad else flat[3]
     adam_kernel(*flat, vmax_flat, amsgrad, maximize, t(wd), t(decay), t(1.0 - b1), t(b2), t(1.0 - b2),
                 t(lr / (1.0 - b1 ** step)), t(1.0 / math.sqrt(1.0 - b2 ** step)), t(eps))
+

@@ -36,9 +36,9 @@ from numba import njit, prange
 from ._source import SOURCE_DIGEST
 from .dropout import keep
 from .fastexp import exp
-from .forward import KERNEL_OPTIONS
+from .forward import ACC_BLOCK, KERNEL_OPTIONS
 from .intrinsics import PREFETCH_DISTANCE, prefetch_row, prefetch_row_for_write
-from .scores import (ADDITIVE, COSINE, DOT, EUCLIDEAN, GATV2, SCALED_DOT, SCORE_CODES,
+from .scores import (ADDITIVE, COSINE, DOT, EUCLIDEAN, FASTMATH, GATV2, SCALED_DOT, SCORE_CODES,
                      edge_score, leaky_relu, leaky_relu_grad)
 
 
@@ -57,6 +57,45 @@ def pack_rows(out, dout, rowmax, rowinv, q, with_q, pack):
             pack[i, h, 1] = rowinv[i, h]
             pack[i, h, 2] = acc
             pack[i, h, 3] = q[i, h] if with_q else zero
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _zero3(a, b, c):
+    """Zero the float64 totals ``a`` (H, n), ``b`` (H, m), ``c`` (H,)."""
+    for h in range(c.shape[0]):
+        c[h] = 0.0
+        for d in range(a.shape[1]):
+            a[h, d] = 0.0
+        for d in range(b.shape[1]):
+            b[h, d] = 0.0
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _flush3(a, b, c, at, bt, ct):
+    """Add the block sums ``a``, ``b``, ``c`` into the float64 totals ``at``, ``bt``, ``ct``
+    and zero the block sums."""
+    zero = a.dtype.type(0)
+    for h in range(c.shape[0]):
+        ct[h] += c[h]
+        c[h] = zero
+        for d in range(a.shape[1]):
+            at[h, d] += a[h, d]
+            a[h, d] = zero
+        for d in range(b.shape[1]):
+            bt[h, d] += b[h, d]
+            b[h, d] = zero
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _unload3(a, b, c, at, bt, ct):
+    """The totals back into the block buffers, rounded to their dtype."""
+    t = a.dtype.type
+    for h in range(c.shape[0]):
+        c[h] = t(ct[h])
+        for d in range(a.shape[1]):
+            a[h, d] = t(at[h, d])
+        for d in range(b.shape[1]):
+            b[h, d] = t(bt[h, d])
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,16 +118,24 @@ def backward_kernels(score: str):
             dva = np.empty((H, Dv), v.dtype)
             dka = np.empty((H, Dk), v.dtype)
             bsum = np.empty(H, v.dtype)
+            # Columns longer than ACC_BLOCK edges: block sums added into float64 totals.
+            dvt = np.empty((H, Dv), np.float64)
+            dkt = np.empty((H, Dk), np.float64)
+            bst = np.empty(H, np.float64)
             edge_end = t_indptr[tchunks[c + 1]]
             for j in range(tchunks[c], tchunks[c + 1]):
                 vj = v[j]
+                p0 = t_indptr[j]
+                long_col = t_indptr[j + 1] - p0 > ACC_BLOCK
                 for h in range(H):
                     for d in range(Dv):
                         dva[h, d] = zero
                     for d in range(Dk):
                         dka[h, d] = zero
                     bsum[h] = zero
-                for p in range(t_indptr[j], t_indptr[j + 1]):
+                if long_col:
+                    _zero3(dvt, dkt, bst)
+                for p in range(p0, t_indptr[j + 1]):
                     if p + PREFETCH_DISTANCE < edge_end:
                         i_next = t_indices[p + PREFETCH_DISTANCE]
                         e_next = t_perm[p + PREFETCH_DISTANCE]
@@ -144,6 +191,11 @@ def backward_kernels(score: str):
                             for d in range(Dk):
                                 dka[h, d] += ds * att[h, d] * leaky_relu_grad(q[i, h, d] + k[j, h, d],
                                                                               slope, one)
+                    if long_col and (p - p0) % ACC_BLOCK == ACC_BLOCK - 1:
+                        _flush3(dva, dka, bsum, dvt, dkt, bst)
+                if long_col:
+                    _flush3(dva, dka, bsum, dvt, dkt, bst)
+                    _unload3(dva, dka, bsum, dvt, dkt, bst)
                 dvj = dv[j]
                 for h in range(H):
                     for d in range(Dv):
@@ -171,7 +223,12 @@ def backward_kernels(score: str):
         for c in prange(chunks.shape[0] - 1):
             dqa = np.empty((H, Dq), ds_buf.dtype)
             bsum = np.empty(H, ds_buf.dtype)
-            taup = zero
+            # Rows longer than ACC_BLOCK edges: block sums added into float64 totals.
+            dqt = np.empty((H, Dq), np.float64)
+            bst = np.empty(H, np.float64)
+            nothing = np.empty((H, 0), ds_buf.dtype)
+            nothing_t = np.empty((H, 0), np.float64)
+            taup = 0.0  # float64, like att_part: sums over the whole chunk
             if SID == GATV2:
                 for h in range(H):
                     for d in range(Dq):
@@ -182,7 +239,11 @@ def backward_kernels(score: str):
                     for d in range(Dq):
                         dqa[h, d] = zero
                     bsum[h] = zero
-                for e in range(indptr[i], indptr[i + 1]):
+                e0 = indptr[i]
+                long_row = indptr[i + 1] - e0 > ACC_BLOCK
+                if long_row:
+                    _zero3(dqt, nothing_t, bst)
+                for e in range(e0, indptr[i + 1]):
                     if e + PREFETCH_DISTANCE < edge_end:
                         prefetch_row(k, indices[e + PREFETCH_DISTANCE])
                     j = indices[e]
@@ -216,6 +277,11 @@ def backward_kernels(score: str):
                                 z = q[i, h, d] + k[j, h, d]
                                 dqa[h, d] += ds * att[h, d] * leaky_relu_grad(z, slope, one)
                                 att_part[c, h, d] += ds * leaky_relu(z, slope)
+                    if long_row and (e - e0) % ACC_BLOCK == ACC_BLOCK - 1:
+                        _flush3(dqa, nothing, bsum, dqt, nothing_t, bst)
+                if long_row:
+                    _flush3(dqa, nothing, bsum, dqt, nothing_t, bst)
+                    _unload3(dqa, nothing, bsum, dqt, nothing_t, bst)
                 for h in range(H):
                     if SID == ADDITIVE:
                         dq[i, h] = dqa[h, 0]

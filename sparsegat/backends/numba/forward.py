@@ -44,6 +44,23 @@ from .scores import ADDITIVE, FASTMATH, SCORE_CODES, edge_score
 KERNEL_OPTIONS = dict(parallel=True, cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 
 
+#: Rows longer than this many edges sum their softmax denominators and weighted values
+#: block by block into float64 totals (the error then does not grow with the degree).
+ACC_BLOCK = 256
+
+
+@njit(inline="always", cache=True, fastmath=FASTMATH)
+def _flush(l, acc, lt, acct):
+    """Add the block sums ``l``, ``acc`` into the float64 totals ``lt``, ``acct``; zero them."""
+    zero = l.dtype.type(0)
+    for h in range(l.shape[0]):
+        lt[h] += l[h]
+        l[h] = zero
+        for d in range(acc.shape[1]):
+            acct[h, d] += acc[h, d]
+            acc[h, d] = zero
+
+
 @functools.lru_cache(maxsize=None)
 def forward_kernel(score: str):
     """The forward kernel of ``score`` (built on first use)."""
@@ -53,12 +70,13 @@ def forward_kernel(score: str):
     @njit(**KERNEL_OPTIONS)
     def attention_forward_rows(indptr, indices, chunks, q, k, v, att, bias, has_bias, qnorm, knorm,
                                tau, slope, scale, dropout, seed_key, threshold, keep_scale, two_pass,
-                               out, rowmax, rowinv):
+                               out, rowmax, rowinv, flags):
         DIGEST  # noqa: B018 - keeps the source digest in the closure: a cache key
         H = v.shape[1]
         Dv = v.shape[2]
         zero = v.dtype.type(0)
         one = v.dtype.type(1)
+        big = np.finfo(v.dtype).max
         for c in prange(chunks.shape[0] - 1):
             row0 = chunks[c]
             row1 = chunks[c + 1]
@@ -72,6 +90,13 @@ def forward_kernel(score: str):
             l = np.empty(H, v.dtype)
             w = np.empty(H, v.dtype)
             acc = np.empty((H, Dv), v.dtype)
+            # Rows longer than ACC_BLOCK edges: the sums of each block of ACC_BLOCK edges
+            # (l, acc) are added into float64 totals, so that the rounding error does not
+            # grow with the degree (a float32 row of 1e6 edges summed naively is off by
+            # ~1e-3).
+            lt = np.empty(H, np.float64)
+            acct = np.empty((H, Dv), np.float64)
+            bad = False  # a non-finite output in this chunk: the caller re-checks it
             for i in range(row0, row1):
                 start = indptr[i]
                 stop = indptr[i + 1]
@@ -83,10 +108,15 @@ def forward_kernel(score: str):
                         rowmax[i, h] = zero
                         rowinv[i, h] = zero
                     continue
+                long_row = stop - start > ACC_BLOCK
                 for h in range(H):
                     l[h] = zero
                     for d in range(Dv):
                         acc[h, d] = zero
+                    if long_row:
+                        lt[h] = 0.0
+                        for d in range(Dv):
+                            acct[h, d] = 0.0
                 # The scores: in the two-pass form only stored (pass 1); in the one-pass
                 # form folded at once into an online (running-max) softmax, so each
                 # edge's rows of k and v are gathered once. (One call site of
@@ -116,6 +146,10 @@ def forward_kernel(score: str):
                             l[h] = l[h] * corr + one
                             for d in range(Dv):
                                 acc[h, d] *= corr
+                            if long_row:
+                                lt[h] *= corr
+                                for d in range(Dv):
+                                    acct[h, d] *= corr
                             x = one
                         else:
                             x = exp(s - m[h])
@@ -126,6 +160,8 @@ def forward_kernel(score: str):
                             x = x * keep_scale
                         for d in range(Dv):
                             acc[h, d] += x * vj[h, d]
+                    if long_row and not two_pass and (e - start) % ACC_BLOCK == ACC_BLOCK - 1:
+                        _flush(l, acc, lt, acct)
                 if two_pass:
                     # Pass 2: the row max, then weights, sums, dropout and the weighted
                     # values in short branch-free loops over the heads.
@@ -152,14 +188,87 @@ def forward_kernel(score: str):
                             wh = w[h]
                             for d in range(Dv):
                                 acc[h, d] += wh * vj[h, d]
+                        if long_row and (e - start) % ACC_BLOCK == ACC_BLOCK - 1:
+                            _flush(l, acc, lt, acct)
+                if long_row:
+                    _flush(l, acc, lt, acct)
+                    for h in range(H):
+                        inv64 = 1.0 / lt[h]
+                        for d in range(Dv):
+                            o = v.dtype.type(acct[h, d] * inv64)
+                            oi[h, d] = o
+                            bad |= not abs(o) <= big
+                        rowmax[i, h] = m[h]
+                        rowinv[i, h] = v.dtype.type(inv64)
+                    continue
                 for h in range(H):
                     inv = one / l[h]
                     for d in range(Dv):
-                        oi[h, d] = acc[h, d] * inv
+                        o = acc[h, d] * inv
+                        oi[h, d] = o
+                        bad |= not abs(o) <= big
                     rowmax[i, h] = m[h]
                     rowinv[i, h] = inv
+            flags[c] = bad
 
     return attention_forward_rows
+
+
+@functools.lru_cache(maxsize=None)
+def forward_repair_kernel(score: str):
+    """The rare-path kernel that recomputes the rows of flagged chunks whose output is not finite.
+
+    The forward kernel sums ``x * v_j`` (``x = exp(s - m) <= 1``) before dividing by the
+    row sum ``l``, which overflows when ``|v|`` is near the dtype's maximum although the
+    weighted mean does not (``v = 2e38`` in float32). Such rows are recomputed here from
+    the saved row statistics as ``sum (x / l) v_j`` in float64, which overflows only when
+    the result itself does. Rows whose output is non-finite for another reason (NaN or
+    inf inputs) get the same result again. Serial and compiled only when first needed.
+    """
+    SID = SCORE_CODES[score]
+    DIGEST = SOURCE_DIGEST  # part of the cache key (see _source.py)
+
+    @njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+    def attention_forward_repair(indptr, indices, chunks, q, k, v, att, bias, has_bias, qnorm, knorm,
+                                 tau, slope, scale, dropout, seed_key, threshold, keep_scale,
+                                 flags, out, rowmax, rowinv):
+        DIGEST  # noqa: B018 - keeps the source digest in the closure: a cache key
+        H = v.shape[1]
+        Dv = v.shape[2]
+        big = np.finfo(v.dtype).max
+        acct = np.empty((H, Dv), np.float64)
+        for c in range(chunks.shape[0] - 1):
+            if not flags[c]:
+                continue
+            for i in range(chunks[c], chunks[c + 1]):
+                oi = out[i]
+                finite = True
+                for h in range(H):
+                    for d in range(Dv):
+                        finite &= abs(oi[h, d]) <= big
+                if finite:
+                    continue
+                for h in range(H):
+                    for d in range(Dv):
+                        acct[h, d] = 0.0
+                for e in range(indptr[i], indptr[i + 1]):
+                    j = indices[e]
+                    for h in range(H):
+                        s, _ = edge_score(SID, q, i, k, j, h, att, qnorm, knorm, tau, slope, scale)
+                        if has_bias:
+                            s += bias[e, h]
+                        p = np.float64(exp(s - rowmax[i, h])) * np.float64(rowinv[i, h])
+                        if dropout:
+                            if not keep(seed_key, e, H, h, threshold):
+                                continue
+                            p *= np.float64(keep_scale)
+                        for d in range(Dv):
+                            acct[h, d] += p * np.float64(v[j, h, d])
+                for h in range(H):
+                    for d in range(Dv):
+                        oi[h, d] = v.dtype.type(acct[h, d])
+
+    return attention_forward_repair
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,6 +287,7 @@ def weights_kernel(score: str):
         for c in prange(chunks.shape[0] - 1):
             m = np.empty(H, w.dtype)
             l = np.empty(H, w.dtype)
+            lt = np.empty(H, np.float64)
             edge_end = indptr[chunks[c + 1]]
             for i in range(chunks[c], chunks[c + 1]):
                 start = indptr[i]
@@ -196,14 +306,14 @@ def weights_kernel(score: str):
                 if stop == start:
                     continue
                 for h in range(H):
-                    l[h] = zero
+                    lt[h] = 0.0  # float64: the error does not grow with the degree
                 for e in range(start, stop):
                     for h in range(H):
                         x = exp(w[e, h] - m[h])
                         w[e, h] = x
-                        l[h] += x
+                        lt[h] += x
                 for h in range(H):
-                    l[h] = one / l[h]
+                    l[h] = w.dtype.type(1.0 / lt[h])
                 for e in range(start, stop):
                     for h in range(H):
                         a = w[e, h] * l[h]
