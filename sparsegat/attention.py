@@ -35,7 +35,8 @@ def _real(name: str, value: Any) -> float:
     try:
         out = float(operator.index(value)) if isinstance(value, (int, np.integer)) else float(value)
     except OverflowError:
-        raise ValueError(f"{name} must be finite, got {value!r}, beyond the range of a float") from None
+        shown = repr(value) if len(repr(value)) <= 40 else f"an integer of {len(str(abs(value)))} digits"
+        raise ValueError(f"{name} must be finite, got {shown}, beyond the range of a float") from None
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     if not math.isfinite(out):

@@ -124,18 +124,9 @@ def softmax_cross_entropy(logits: Any, labels: Any, mask: Any = None) -> LossAnd
 
     Notes
     -----
-    ``mask`` selects the nodes that count, in one of these explicit forms:
-
-    * ``None``: every node;
-    * a boolean array of shape ``(n,)``: the nodes where it is True;
-    * an integer array (any signed or unsigned dtype), 1-D, of node indices in
-      ``[0, n)``; a node listed twice counts twice.
-
-    An integer array of length ``n`` holding only 0s and 1s (``mask.astype(int)``)
-    is ambiguous, a 0/1 mask or the indices of nodes 0 and 1, and raises
-    ``TypeError``: pass ``mask.astype(bool)`` for a mask or ``np.flatnonzero(mask)``
-    for indices. Other dtypes (float, complex, object) and masked arrays raise
-    ``TypeError``. An empty ``mask`` selects no node.
+    ``mask`` is ``None`` (every node), a boolean array of shape ``(n,)`` or an integer
+    index array; an integer array of ``n`` zeros and ones is ambiguous and refused.
+    :func:`mask_indices` gives the rule in full.
 
     Examples
     --------
