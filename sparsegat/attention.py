@@ -12,12 +12,10 @@ from .arrays import array_kind, namespace, to_numpy
 from .backends import array_kind_of, get_backend, select_backend
 from .dropout import drop_threshold, mix_seed
 from .graph import CSRGraph
-from .spec import (ROW_INV_DENOM, ROW_LOG_DENOM, ROW_MAX, SCALAR_SCORES, SCORES, TAU_SCORES, AttentionContext,
-                   AttentionSpec, Gradients)
+from .spec import (ROW_INV_DENOM, ROW_LOG_DENOM, ROW_MAX, SCALAR_SCORES, SCORES, SLOPE_SCORES, TAU_SCORES,
+                   AttentionContext, AttentionSpec, Gradients)
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: Scores that use ``negative_slope`` (LeakyReLU).
-SLOPE_SCORES = ("additive", "gatv2")
 
 
 def _real(name: str, value: Any) -> float:

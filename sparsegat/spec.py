@@ -10,6 +10,8 @@ SCORES = ("dot", "scaled_dot", "cosine", "euclidean", "additive", "gatv2")
 SCALAR_SCORES = ("additive",)
 #: Scores that use the temperature ``tau`` (and so have a ``tau`` gradient).
 TAU_SCORES = ("cosine", "euclidean")
+#: Scores that use ``negative_slope`` (LeakyReLU).
+SLOPE_SCORES = ("additive", "gatv2")
 #: Norm floor of the cosine score: ``max(norm(x), COSINE_EPS)``.
 COSINE_EPS = 1e-8
 #: Integer code of each score, the one numbering of every compiled backend: the Numba

@@ -31,7 +31,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from sparsegat import CSRGraph
-from sparsegat.spec import SCALAR_SCORES, SCORES, TAU_SCORES
+from sparsegat.spec import SCALAR_SCORES, SCORES, SLOPE_SCORES, TAU_SCORES  # noqa: F401 (re-exported)
 
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
@@ -40,8 +40,6 @@ INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 DOMINANT_BIAS = 1000.0
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-#: Scores whose LeakyReLU slope matters.
-SLOPE_SCORES = ("additive", "gatv2")
 
 #: Score configurations every suite should cover: keyword arguments of
 #: ``attention_forward`` other than the arrays and ``tau`` (which

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import sparsegat as sg
 from sparsegat import CSRGraph
-from sparsegat.spec import SCALAR_SCORES, SCORES
+from sparsegat.spec import SCALAR_SCORES, SCORES, SLOPE_SCORES
 from sparsegat.spec import TAU_SCORES
 
 from dense_reference import edge_list
@@ -29,7 +29,6 @@ from strategies import attention_inputs, csr_graphs, random_graph
 BACKEND = "numpy"  # set per module run by the fixture below
 EPS = 1e-6
 RTOL, ATOL = 1e-6, 1e-8
-LEAKY_SCORES = ("additive", "gatv2")
 KINK_MARGIN = 1e-2  # |q_i + k_j| (LeakyReLU argument) and norms stay this far from a kink
 
 
@@ -110,7 +109,7 @@ def check_gradients(g, arrays: dict, options: dict, seed: int = 0) -> Any:
 def _ok_for_fd(g, score, q, k) -> bool:
     """True when no edge sits near a kink of the score."""
     rows, cols = edge_list(g)
-    if score in LEAKY_SCORES and rows.size:
+    if score in SLOPE_SCORES and rows.size:
         if np.min(np.abs(q[rows] + k[cols])) < KINK_MARGIN:
             return False
     if score == "cosine":
@@ -159,14 +158,14 @@ def _cases():
             (f"{score}-all-options", score,
              {"n_dst": 6, "n_src": 4, "empty_rows": 2, "edge_bias": True, "seed": 4, "heads": 3},
              {"dropout": 0.2, "seed": 2**63 + 5, **extra,
-              **({"negative_slope": 0.05} if score in LEAKY_SCORES else {})}),
+              **({"negative_slope": 0.05} if score in SLOPE_SCORES else {})}),
         ]
         if score in TAU_SCORES:
             cases += [
                 (f"{score}-tau", score, {"seed": 5}, {"tau": tau}),
                 (f"{score}-negative-tau", score, {"seed": 6, "edge_bias": True}, {"tau": -0.7}),
             ]
-        if score in LEAKY_SCORES:
+        if score in SLOPE_SCORES:
             cases += [
                 (f"{score}-slope0", score, {"seed": 7}, {"negative_slope": 0.0}),
                 (f"{score}-slope1.7", score, {"seed": 8, "edge_bias": True}, {"negative_slope": 1.7}),
@@ -253,7 +252,7 @@ def test_gradients_on_hypothesis_graphs(data, score):
     options = {"score": score, "tau": inputs.tau}
     if score not in TAU_SCORES:
         options.pop("tau")
-    if score in LEAKY_SCORES:
+    if score in SLOPE_SCORES:
         options["negative_slope"] = data.draw(st.sampled_from([0.2, 0.0, 1.3]))
     if data.draw(st.booleans()):
         options.update(dropout=0.3, seed=data.draw(st.integers(0, 2**64 - 1)))
@@ -299,7 +298,7 @@ def _kink_case(score, offset):
 
 
 @pytest.mark.parametrize("slope", [0.2, 0.0, 1.7])
-@pytest.mark.parametrize("score", LEAKY_SCORES)
+@pytest.mark.parametrize("score", SLOPE_SCORES)
 def test_gradient_at_the_leaky_relu_kink(score, slope):
     """LeakyReLU arguments exactly 0: the gradient is the one-sided derivative of the
     slope branch (lrelu'(0) = slope, docs/math.md), i.e. the difference quotient from the
