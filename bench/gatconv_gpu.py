@@ -24,8 +24,13 @@ Timing: CUDA events around each call, median of ``--repeats`` after ``--warmup``
 calls. Peak memory: the largest amount of device memory held by live allocations
 during one warm step beyond what was live before it (inputs, parameters, and the
 graph with its cached transposed structure), through a CuPy memory hook for
-sparsegat and ``torch.cuda.max_memory_allocated`` for PyG. A PyG run that runs out of
-memory is reported as ``OOM``.
+sparsegat and ``torch.cuda.max_memory_allocated`` for PyG. sparsegat runs first; then
+its layer, graph and outputs are dropped and CuPy's memory pools give their blocks back
+to the driver, so that PyG finds the device as free as sparsegat did (PyTorch's cache is
+emptied in turn before the next workload). A phase (forward, step, of either side) that
+runs out of memory, whatever the error (PyTorch raises some as a plain ``RuntimeError``:
+``CUDA out of memory``, ``CUBLAS_STATUS_ALLOC_FAILED``), is reported as ``OOM`` with the
+message under ``<phase>_error``; the memory is freed and the benchmark goes on.
 
 Fused-forward bandwidth: the bytes of :func:`sparsegat.bench.traffic.fused_forward_bytes`
 (``compulsory``: every array once; ``requested``: the per-edge gathers of k_j and v_j
@@ -56,7 +61,7 @@ import numpy as np
 import sparsegat
 from sparsegat.bench.graphs import uniform_graph_with_loops
 from sparsegat.bench.layers import relative_error, sparsegat_gatconv
-from sparsegat.bench.timing import time_calls
+from sparsegat.bench.timing import call_unless_oom, free_device_memory, time_calls
 
 WORKLOADS = {
     "arxiv": dict(nodes=169_343, edges=2_315_598, in_dim=128, heads=3, out_dim=64),
@@ -100,44 +105,99 @@ def _gib(b: float | None) -> str:
     return "-" if b is None else f"{b / 2**30:.3f} GiB"
 
 
+def _ms(t: Any) -> str:
+    """A timing as printed: ``1.23 ms``, ``OOM``, or ``-`` when not measured."""
+    if isinstance(t, dict):
+        return f"{t['median_ms']:.2f} ms"
+    return "-" if t is None else str(t)
+
+
+def phase(res: dict[str, Any], name: str, fn: Callable[[], dict[str, Any]]) -> bool:
+    """Merge the dict ``fn()`` returns into ``res``; when it runs out of memory, record
+    ``res[name] = "OOM"`` and the message under ``name + "_error"``, free the device's
+    idle memory and return False."""
+    out, error = call_unless_oom(fn)
+    if error is None:
+        res.update(out)
+        return True
+    res[name] = "OOM"
+    res[f"{name}_error"] = error
+    return False
+
+
 # ----------------------------------------------------------------------------- workloads
 def bench_layer(spec: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """One layer workload: sparsegat's side, then (its memory freed) PyG's."""
     import cupy
-
-    from sparsegat.bench.timing import CupyClock, CupyLiveMemoryProbe
 
     n = max(64, int(spec["nodes"] * args.scale))
     m = max(64, int(spec["edges"] * args.scale))
     in_dim, H, C = spec["in_dim"], spec["heads"], spec["out_dim"]
-    t0 = time.perf_counter()
-    g, src, dst = uniform_graph_with_loops(cupy, n, edges=m, seed=1)
-    cupy.cuda.Device().synchronize()
-    res: dict[str, Any] = {"nodes": n, "edges_with_self_loops": g.nnz, "in_dim": in_dim, "heads": H,
-                           "out_dim": C, "graph_build_s": time.perf_counter() - t0}
-    rng = np.random.default_rng(2)
-    x = cupy.asarray(rng.standard_normal((n, in_dim)).astype(np.float32))
-    R = cupy.asarray(rng.standard_normal((n, H * C)).astype(np.float32))
-    params = gat_params(in_dim, H, C, seed=3)
-    layer = sparsegat_gatconv(params, backend="cupy", add_self_loops=False, device="cupy")
-    layer.input_grad = False
-    fwd, step = layer_calls(layer, g, x, R)
-    step()  # compile kernels, build and cache the transposed structure and plans
-    clock, probe = CupyClock(), CupyLiveMemoryProbe()
-    res["sparsegat_forward"] = timed_ms(fwd, args, clock)
-    res["sparsegat_step"] = timed_ms(step, args, clock)
-    res["sparsegat_forward_peak_bytes"] = probe.measure(fwd)
-    res["sparsegat_step_peak_bytes"] = probe.measure(step)
-    res["graph_bytes"] = int(g.indptr.nbytes + g.indices.nbytes + sum(a.nbytes for a in g.transposed()))
-    edges = {"src": src, "dst": dst}
-    del src, dst
+    res: dict[str, Any] = {"nodes": n, "in_dim": in_dim, "heads": H, "out_dim": C}
+    data: dict[str, Any] = {}
+
+    def setup() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        g, src, dst = uniform_graph_with_loops(cupy, n, edges=m, seed=1)
+        cupy.cuda.Device().synchronize()
+        build_s = time.perf_counter() - t0
+        rng = np.random.default_rng(2)
+        data.update(g=g, src=src, dst=dst, params=gat_params(in_dim, H, C, seed=3),
+                    x=cupy.asarray(rng.standard_normal((n, in_dim)).astype(np.float32)),
+                    R=cupy.asarray(rng.standard_normal((n, H * C)).astype(np.float32)))
+        return {"edges_with_self_loops": g.nnz, "graph_build_s": build_s}
+
+    if not phase(res, "setup", setup):
+        data.clear()
+        free_device_memory()
+        return res
+    y_ref = bench_sparsegat_layer(res, data, args)
+    # Free what sparsegat holds before PyG runs: its layer, graph and outputs, and the
+    # pool's idle blocks (PyG allocates through PyTorch, which cannot use them).
+    del data["g"]
+    free_device_memory()
     if not args.skip_pyg:
-        bench_pyg_layer(res, params, x, R, edges, fwd, args)
+        bench_pyg_layer(res, data, y_ref, args)
+    data.clear()
+    free_device_memory()
     return res
 
 
-def bench_pyg_layer(res: dict[str, Any], params: dict, x: Any, R: Any, edges: dict[str, Any],
-                    sg_forward: Callable[[], Any], args: argparse.Namespace) -> None:
-    """PyG's side of a layer workload, into ``res``; takes the edge arrays out of ``edges``
+def bench_sparsegat_layer(res: dict[str, Any], data: dict[str, Any], args: argparse.Namespace) -> Any:
+    """sparsegat's side of a layer workload, into ``res``; returns its forward output on
+    the host (None if it ran out of memory) for the comparison with PyG."""
+    from sparsegat.bench.timing import CupyClock, CupyLiveMemoryProbe
+
+    g, x, R = data["g"], data["x"], data["R"]
+    layer = sparsegat_gatconv(data["params"], backend="cupy", add_self_loops=False, device="cupy")
+    layer.input_grad = False
+    fwd, step = layer_calls(layer, g, x, R)
+    clock, probe = CupyClock(), CupyLiveMemoryProbe()
+
+    def measured(what: str, fn: Callable[[], Any]) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            fn()  # compile kernels, build and cache the graph's structures
+            return {f"sparsegat_{what}": timed_ms(fn, args, clock), f"sparsegat_{what}_peak_bytes": probe.measure(fn)}
+        return run
+
+    phase(res, "sparsegat_forward", measured("forward", fwd))
+    phase(res, "sparsegat_step", measured("step", step))
+    out: dict[str, Any] = {}
+
+    def output() -> dict[str, Any]:
+        out["y"] = fwd().get()  # on the host: nothing of sparsegat's stays on the device
+        return {}
+
+    def graph_bytes() -> dict[str, Any]:
+        return {"graph_bytes": int(g.indptr.nbytes + g.indices.nbytes + sum(a.nbytes for a in g.transposed()))}
+
+    phase(res, "sparsegat_output", output)
+    phase(res, "graph_bytes", graph_bytes)
+    return out.get("y")
+
+
+def bench_pyg_layer(res: dict[str, Any], data: dict[str, Any], y_ref: Any, args: argparse.Namespace) -> None:
+    """PyG's side of a layer workload, into ``res``; takes the edge arrays out of ``data``
     (so that they are freed once PyG's edge index is built)."""
     try:
         import torch
@@ -149,36 +209,51 @@ def bench_pyg_layer(res: dict[str, Any], params: dict, x: Any, R: Any, edges: di
     from sparsegat.bench.timing import TorchCudaClock, TorchCudaMemoryProbe
 
     res["pyg_version"] = torch_geometric.__version__
-    conv = pyg_gatconv(params, add_self_loops=False, negative_slope=SLOPE, device="cuda")
-    tx, tR = torch.from_dlpack(x), torch.from_dlpack(R)
-    edge_index = torch.stack([torch.from_dlpack(edges.pop("src")), torch.from_dlpack(edges.pop("dst"))])
+    tx, tR = torch.from_dlpack(data["x"]), torch.from_dlpack(data["R"])
+    state: dict[str, Any] = {}
+
+    def setup() -> dict[str, Any]:
+        state["conv"] = pyg_gatconv(data["params"], add_self_loops=False, negative_slope=SLOPE, device="cuda")
+        state["edge_index"] = torch.stack([torch.from_dlpack(data.pop("src")), torch.from_dlpack(data.pop("dst"))])
+        return {}
 
     def pfwd() -> Any:
         with torch.no_grad():
-            return conv(tx, edge_index)
+            return state["conv"](tx, state["edge_index"])
 
     def pstep() -> Any:
+        conv = state["conv"]
         conv.zero_grad(set_to_none=True)
-        y = conv(tx, edge_index)
+        y = conv(tx, state["edge_index"])
         (y * tR).sum().backward()
         return y
 
     clock, probe = TorchCudaClock(), TorchCudaMemoryProbe()
+
+    def forward() -> dict[str, Any]:
+        out = {}
+        if y_ref is not None:
+            y = pfwd().cpu().numpy()
+            out["max_abs_diff_vs_pyg"] = float(np.max(np.abs(y - y_ref))) if y.size else 0.0
+            del y
+        return dict(out, pyg_forward=timed_ms(pfwd, args, clock), pyg_forward_peak_bytes=probe.measure(pfwd))
+
+    def step() -> dict[str, Any]:
+        return {"pyg_step": timed_ms(pstep, args, clock), "pyg_step_peak_bytes": probe.measure(pstep)}
+
     try:
-        y_pyg = pfwd()
-        res["max_abs_diff_vs_pyg"] = float(torch.max(torch.abs(y_pyg - torch.from_dlpack(sg_forward()))).item())
-        del y_pyg
-        res["pyg_forward"] = timed_ms(pfwd, args, clock)
-        res["pyg_forward_peak_bytes"] = probe.measure(pfwd)
-        res["pyg_step"] = timed_ms(pstep, args, clock)
-        res["pyg_step_peak_bytes"] = probe.measure(pstep)
-    except torch.cuda.OutOfMemoryError as exc:
-        res.setdefault("pyg_forward", "OOM")
-        res.setdefault("pyg_step", "OOM")
-        res["pyg_error"] = str(exc).splitlines()[0]
+        ready = phase(res, "pyg_setup", setup)
+        free_device_memory()  # the pool blocks of src and dst, now copied into the edge index
+        if ready:
+            phase(res, "pyg_forward", forward)
+            if "conv" in state:
+                state["conv"].zero_grad(set_to_none=True)
+            phase(res, "pyg_step", step)
+        else:
+            res["pyg_forward"] = res["pyg_step"] = "OOM"
     finally:
-        conv.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+        state.clear()
+        free_device_memory()
     for what in ("forward", "step"):
         a, b = res.get(f"sparsegat_{what}"), res.get(f"pyg_{what}")
         if isinstance(a, dict) and isinstance(b, dict):
@@ -187,44 +262,62 @@ def bench_pyg_layer(res: dict[str, Any], params: dict, x: Any, R: Any, edges: di
 
 
 def bench_fused(args: argparse.Namespace) -> dict[str, Any]:
+    """The fused-forward workload; a score that runs out of memory is reported as ``OOM``."""
+    import cupy
+
+    n = max(64, int(FUSED["nodes"] * args.scale))
+    deg, H, D = FUSED["degree"], FUSED["heads"], FUSED["dim"]
+    out: dict[str, Any] = {"nodes": n, "heads": H, "dim": D}
+    data: dict[str, Any] = {}
+
+    def setup() -> dict[str, Any]:
+        data["g"] = uniform_graph_with_loops(cupy, n, degree=deg, seed=4)[0]
+        return {"edges": data["g"].nnz}
+
+    if phase(out, "setup", setup):
+        rng = np.random.default_rng(5)
+        for score in ("additive", "dot"):
+            phase(out, score, lambda: {score: bench_fused_score(data["g"], score, rng, args)})
+    data.clear()
+    free_device_memory()
+    return out
+
+
+def bench_fused_score(g: Any, score: str, rng: np.random.Generator, args: argparse.Namespace) -> dict[str, Any]:
+    """Kernel time, API-call time and bandwidth of the fused forward with ``score``."""
     import cupy
 
     from sparsegat.bench.kernels import record_forward, row_segments
     from sparsegat.bench.timing import CupyClock
     from sparsegat.bench.traffic import fused_forward_bytes
 
-    n = max(64, int(FUSED["nodes"] * args.scale))
-    deg, H, D = FUSED["degree"], FUSED["heads"], FUSED["dim"]
-    g, _, _ = uniform_graph_with_loops(cupy, n, degree=deg, seed=4)
-    rng = np.random.default_rng(5)
-    out: dict[str, Any] = {"nodes": n, "edges": g.nnz, "heads": H, "dim": D}
+    n, H, D = g.n_dst, FUSED["heads"], FUSED["dim"]
     clock = CupyClock()
-    for score in ("additive", "dot"):
-        qk = (n, H) if score == "additive" else (n, H, D)
-        q = cupy.asarray(rng.standard_normal(qk).astype(np.float32))
-        k = cupy.asarray(rng.standard_normal(qk).astype(np.float32))
-        v = cupy.asarray(rng.standard_normal((n, H, D)).astype(np.float32))
-        kernels = record_forward(g, q, k, v, score=score, negative_slope=SLOPE)  # compiles, plans
+    qk = (n, H) if score == "additive" else (n, H, D)
+    q = cupy.asarray(rng.standard_normal(qk).astype(np.float32))
+    k = cupy.asarray(rng.standard_normal(qk).astype(np.float32))
+    v = cupy.asarray(rng.standard_normal((n, H, D)).astype(np.float32))
+    kernels = record_forward(g, q, k, v, score=score, negative_slope=SLOPE)  # compiles, plans
 
-        def twenty_replays() -> None:
-            for _ in range(20):
-                kernels.replay()
+    def twenty_replays() -> None:
+        for _ in range(20):
+            kernels.replay()
 
-        def api() -> Any:
-            return sparsegat.attention_forward(g, q, k, v, score=score, negative_slope=SLOPE)[0]
+    def api() -> Any:
+        return sparsegat.attention_forward(g, q, k, v, score=score, negative_slope=SLOPE)[0]
 
-        kernel_ms = timed_ms(twenty_replays, args, clock)["median_ms"] / 20
-        nbytes = fused_forward_bytes(g.nnz, n, row_segments(g), H, 1 if score == "additive" else D, D)
-        out[score] = {
-            "kernels": kernels.names,
-            "kernel_ms": kernel_ms,
-            "api_call": timed_ms(api, args, clock),
-            "compulsory_bytes": nbytes["compulsory"],
-            "requested_bytes": nbytes["requested"],
-            "compulsory_GBps": nbytes["compulsory"] / (kernel_ms * 1e-3) / 1e9,
-            "requested_GBps": nbytes["requested"] / (kernel_ms * 1e-3) / 1e9,
-        }
-    return out
+    kernel_ms = timed_ms(twenty_replays, args, clock)["median_ms"] / 20
+    Dq = 1 if score == "additive" else D
+    nbytes = fused_forward_bytes(g.nnz, n, row_segments(g, score, Dq, D, np.float32), H, Dq, D)
+    return {
+        "kernels": kernels.names,
+        "kernel_ms": kernel_ms,
+        "api_call": timed_ms(api, args, clock),
+        "compulsory_bytes": nbytes["compulsory"],
+        "requested_bytes": nbytes["requested"],
+        "compulsory_GBps": nbytes["compulsory"] / (kernel_ms * 1e-3) / 1e9,
+        "requested_GBps": nbytes["requested"] / (kernel_ms * 1e-3) / 1e9,
+    }
 
 
 def check_cpu(args: argparse.Namespace) -> int:
@@ -253,24 +346,28 @@ def check_cpu(args: argparse.Namespace) -> int:
 
 
 def print_layer(wl: str, r: dict[str, Any]) -> None:
-    line = [f"{wl}: n={r['nodes']} nnz={r['edges_with_self_loops']} {r['in_dim']}->{r['heads']}x{r['out_dim']}"]
+    line = [f"{wl}: n={r['nodes']} nnz={r.get('edges_with_self_loops', '-')} "
+            f"{r['in_dim']}->{r['heads']}x{r['out_dim']}"]
     for what in ("forward", "step"):
-        sg, pg = r[f"sparsegat_{what}"], r.get(f"pyg_{what}")
-        pgs = pg if isinstance(pg, str) else (f"{pg['median_ms']:.2f} ms" if pg else "-")
-        line.append(f"  {what:8s} sparsegat {sg['median_ms']:.2f} ms, {_gib(r[f'sparsegat_{what}_peak_bytes'])}"
-                    f" | PyG {pgs}, {_gib(r.get(f'pyg_{what}_peak_bytes'))}"
+        line.append(f"  {what:8s} sparsegat {_ms(r.get(f'sparsegat_{what}'))}, "
+                    f"{_gib(r.get(f'sparsegat_{what}_peak_bytes'))}"
+                    f" | PyG {_ms(r.get(f'pyg_{what}'))}, {_gib(r.get(f'pyg_{what}_peak_bytes'))}"
                     + (f" | {r[f'speedup_{what}']:.1f}x faster, {r[f'memory_ratio_{what}']:.1f}x less memory"
                        if f"speedup_{what}" in r else ""))
     if "max_abs_diff_vs_pyg" in r:
         line.append(f"  max |out - out_PyG| = {r['max_abs_diff_vs_pyg']:.2e}")
+    line += [f"  {key}: {value}" for key, value in r.items() if key.endswith("_error")]
     print("\n".join(line))
 
 
 def print_fused(r: dict[str, Any]) -> None:
     for score in ("additive", "dot"):
-        s = r[score]
-        print(f"fused forward {score:8s} n={r['nodes']} nnz={r['edges']} H={r['heads']} D={r['dim']}: "
-              f"kernel {s['kernel_ms']:.3f} ms (API call {s['api_call']['median_ms']:.3f} ms), "
+        s = r.get(score, "-")
+        head = f"fused forward {score:8s} n={r['nodes']} nnz={r.get('edges', '-')} H={r['heads']} D={r['dim']}: "
+        if not isinstance(s, dict):
+            print(head + f"{s} {r.get(f'{score}_error', r.get('setup_error', ''))}")
+            continue
+        print(head + f"kernel {s['kernel_ms']:.3f} ms (API call {s['api_call']['median_ms']:.3f} ms), "
               f"{s['compulsory_GBps']:.0f} GB/s compulsory, {s['requested_GBps']:.0f} GB/s requested")
 
 
@@ -299,10 +396,18 @@ def main(argv: list[str] | None = None) -> int:
                                "scale": args.scale, "repeats": args.repeats}
     print(f"device: {name}; cupy {cupy.__version__}; scale {args.scale}")
     for wl in args.only:
+        # Each phase catches its own out-of-memory errors; this catches one between them.
         if wl == "fused":
-            print_fused(results.setdefault("fused", bench_fused(args)))
+            r, error = call_unless_oom(lambda: bench_fused(args))
         else:
-            print_layer(wl, results.setdefault(wl, bench_layer(WORKLOADS[wl], args)))
+            r, error = call_unless_oom(lambda: bench_layer(WORKLOADS[wl], args))
+        if error is not None:
+            results[wl] = {"error": f"OOM: {error}"}
+            print(f"{wl}: OOM ({error})")
+        elif wl == "fused":
+            print_fused(results.setdefault(wl, r))
+        else:
+            print_layer(wl, results.setdefault(wl, r))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, default=str)

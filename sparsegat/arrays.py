@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -53,3 +54,24 @@ def to_numpy(x: Any) -> np.ndarray:
     if array_kind(x) == "cupy":
         return x.get()
     return np.asarray(x)
+
+
+def physical_memory_bytes() -> int | None:
+    """Total physical memory of this machine, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_host_allocation(nbytes: int, what: str) -> None:
+    """Raise ``MemoryError`` naming ``what`` when ``nbytes`` exceed the machine's memory.
+
+    NumPy allocates zeroed arrays lazily, so an absurd size (a node id of 2**40 read
+    as a node count) would not fail at once but get the process killed when the pages
+    are written; refuse it up front instead.
+    """
+    total = physical_memory_bytes()
+    if total is not None and nbytes > total:
+        raise MemoryError(f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's "
+                          f"{total / 2**30:.1f} GiB of memory")

@@ -192,18 +192,26 @@ def _contiguous(kind: str, arrays: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- the NaN/inf rule
-def _all_finite(a: Any) -> bool:
-    """Whether every entry of ``a`` is finite: two reductions (min and max propagate NaN),
-    no temporary of the array's size; NumPy and CuPy alike."""
-    if a.size == 0:
-        return True
-    return bool(np.isfinite(float(a.min()))) and bool(np.isfinite(float(a.max())))
+def _finite_flags(arrays: list[Any]) -> list[bool]:
+    """Whether every entry of each array is finite (``None`` and empty arrays are).
+
+    Two reductions per array (min and max propagate NaN), no temporary of an array's
+    size, and one device-to-host transfer for all of them: on a GPU each transfer is a
+    synchronisation, so the checks of one call cost one round trip, not two per array.
+    """
+    present = [a for a in arrays if a is not None and a.size]
+    if not present:
+        return [True] * len(arrays)
+    ends = [e for a in present for e in (a.min(), a.max())]
+    host = to_numpy(namespace(present[0]).stack(ends)).reshape(-1, 2)
+    ok = iter(np.isfinite(host).all(axis=1).tolist())
+    return [True if a is None or not a.size else next(ok) for a in arrays]
 
 
 def _check_finite_inputs(arrays: dict[str, Any]) -> None:
-    """``check_finite=True``: refuse NaN and +-inf in any input, naming it."""
-    for name, a in arrays.items():
-        if a is not None and not _all_finite(a):
+    """``check_finite=True``: refuse NaN and +-inf in any input, naming the first bad one."""
+    for name, ok in zip(arrays, _finite_flags(list(arrays.values()))):
+        if not ok:
             raise ValueError(f"{name} contains NaN or infinite values; pass finite {name} (to mask an edge, "
                              f"give it a large negative finite edge_bias such as -1e9, or remove the edge), "
                              f"or check_finite=False to skip this check (results for non-finite inputs "
@@ -230,33 +238,44 @@ def _unchecked(check_finite: bool) -> str:
     return "" if check_finite else " (or an input is not finite: check_finite=False skipped that check)"
 
 
-def _check_scores(spec: AttentionSpec, dtype: np.dtype, saved: dict, check_finite: bool) -> None:
-    """After a forward pass: a non-finite row maximum or softmax denominator (saved by every
-    backend, (n_dst, H) each; 0 for empty rows) means a score overflowed (+-inf or NaN)."""
-    for key in (ROW_MAX, ROW_LOG_DENOM, ROW_INV_DENOM):
-        stat = saved.get(key)
-        if stat is not None and not _all_finite(stat):
-            row, head = _first_bad(stat)
-            raise ValueError(f"the {spec.score!r} scores of row {row} (head {head}) overflowed {dtype} "
-                             f"(a score is inf or NaN although the inputs are finite)"
-                             f"{_unchecked(check_finite)}; use {_remedy(spec.score, dtype)}")
+def _scores_overflowed(spec: AttentionSpec, dtype: np.dtype, stat: Any, check_finite: bool) -> ValueError:
+    """The error for a non-finite row maximum or softmax denominator (saved by every
+    backend, (n_dst, H) each; 0 for empty rows): a score overflowed (+-inf or NaN)."""
+    row, head = _first_bad(stat)
+    return ValueError(f"the {spec.score!r} scores of row {row} (head {head}) overflowed {dtype} "
+                      f"(a score is inf or NaN although the inputs are finite)"
+                      f"{_unchecked(check_finite)}; use {_remedy(spec.score, dtype)}")
 
 
-def _check_result(name: str, a: Any, spec: AttentionSpec, dtype: np.dtype, check_finite: bool,
-                  what: str) -> None:
-    """A result that is not finite although the inputs are: refuse it, naming it."""
-    if not _all_finite(a):
-        at = _first_bad(a)
-        where = f" at index {at}" if at else ""
-        raise ValueError(f"non-finite value in {name}{where} although the inputs are finite"
-                         f"{_unchecked(check_finite)}: {what} overflowed {dtype}; use {_remedy(spec.score, dtype)}")
+def _result_overflowed(name: str, a: Any, spec: AttentionSpec, dtype: np.dtype, check_finite: bool,
+                       what: str) -> ValueError:
+    """The error for a result that is not finite although the inputs are, naming it."""
+    at = _first_bad(a)
+    where = f" at index {at}" if at else ""
+    return ValueError(f"non-finite value in {name}{where} although the inputs are finite"
+                      f"{_unchecked(check_finite)}: {what} overflowed {dtype}; use {_remedy(spec.score, dtype)}")
+
+
+def _check_results(results: dict[str, Any], spec: AttentionSpec, dtype: np.dtype, check_finite: bool,
+                   what: str) -> None:
+    """Refuse non-finite results (one transfer for all of them), naming the first."""
+    for (name, a), ok in zip(results.items(), _finite_flags(list(results.values()))):
+        if not ok:
+            raise _result_overflowed(name, a, spec, dtype, check_finite, what)
 
 
 def _check_forward_result(spec: AttentionSpec, dtype: np.dtype, saved: dict, out: Any, check_finite: bool) -> None:
     """The NaN/inf rule after a forward pass of any backend: its saved row statistics
-    (O(n_dst*H)), then ``out`` (O(n_dst*H*Dv), the size of the result)."""
-    _check_scores(spec, dtype, saved, check_finite)
-    _check_result("out", out, spec, dtype, check_finite, f"a {spec.score!r} score or the weighted sum of v")
+    (O(n_dst*H)) name the row whose scores overflowed; else a non-finite ``out``
+    (O(n_dst*H*Dv)) is refused. One transfer for all the checks."""
+    stats = [saved.get(key) for key in (ROW_MAX, ROW_LOG_DENOM, ROW_INV_DENOM)]
+    flags = _finite_flags(stats + [out])
+    for stat, ok in zip(stats, flags):
+        if not ok:
+            raise _scores_overflowed(spec, dtype, stat, check_finite)
+    if not flags[-1]:
+        raise _result_overflowed("out", out, spec, dtype, check_finite,
+                                 f"a {spec.score!r} score or the weighted sum of v")
 
 
 # ---------------------------------------------------------------------- public functions
@@ -370,10 +389,9 @@ def attention_backward(ctx: AttentionContext, dout: Any, check_finite: bool = Tr
         _check_finite_inputs({"dout": dout})
     grads = get_backend(ctx.backend).backward(ctx.graph, ctx.q, ctx.k, ctx.v, ctx.att, ctx.edge_bias,
                                               ctx.spec, ctx.out, ctx.saved, dout)
-    dtype = np.dtype(ctx.out.dtype)
-    for name, grad in grads.items():
-        _check_result(f"the gradient of {name}", grad, ctx.spec, dtype, check_finite,
-                      f"a {ctx.spec.score!r} score (or a product with its gradient)")
+    _check_results({f"the gradient of {name}": grad for name, grad in grads.items()}, ctx.spec,
+                   np.dtype(ctx.out.dtype), check_finite,
+                   f"a {ctx.spec.score!r} score (or a product with its gradient)")
     return Gradients(**grads)
 
 
@@ -398,5 +416,5 @@ def attention_weights(g: CSRGraph, q: Any, k: Any, score: str = "dot", att: Any 
     if check_finite:
         _check_finite_inputs(arrays)
     w = get_backend(name).weights(g, arrays["q"], arrays["k"], arrays["att"], arrays["edge_bias"], spec)
-    _check_result("the weights", w, spec, dtype, check_finite, f"a {spec.score!r} score")
+    _check_results({"the weights": w}, spec, dtype, check_finite, f"a {spec.score!r} score")
     return w

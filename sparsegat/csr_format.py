@@ -8,7 +8,8 @@ make a kernel index out of bounds.
 Two tiers, as in SciPy: the cheap one checks dimensions, dtypes, lengths and the two
 ends of ``indptr`` (O(1) work on the data); the full one also checks that ``indptr``
 never decreases and that every column index lies in ``[0, n_cols)`` (O(nnz)), and
-with ``canonical=True`` that the columns of each row strictly increase. Comparisons
+with ``sorted_rows=True`` that the columns of each row never decrease (repeated
+columns are multi-edges) or with ``canonical=True`` that they strictly increase. Comparisons
 never subtract indices, so wraparound of int32/int64 values cannot hide a bad pointer
 (SciPy's own full check uses ``np.diff(indptr)``, which wraps, and skips the check
 when ``indptr[-1] == 0``; it also accepts ``indptr[-1] < len(indices)`` and prunes,
@@ -29,7 +30,7 @@ __all__ = ["check_csr", "row_ids"]
 
 
 def check_csr(indptr: Any, indices: Any, shape: tuple[int, int], *, name: str = "graph",
-              full: bool = True, canonical: bool = False, data: Any = None,
+              full: bool = True, canonical: bool = False, sorted_rows: bool = False, data: Any = None,
               arrays: tuple[str, str] = ("indptr", "indices"),
               dims: tuple[str, str] = ("n_rows", "n_cols")) -> None:
     """Raise ``ValueError`` unless ``(indptr, indices)`` is a valid CSR structure of ``shape``.
@@ -48,7 +49,10 @@ def check_csr(indptr: Any, indices: Any, shape: tuple[int, int], *, name: str = 
         Without it, only O(1) properties are checked.
     canonical : bool
         Also check that the columns of each row strictly increase (sorted, no
-        duplicates); implies ``full``.
+        duplicates, SciPy's canonical format); implies ``full``.
+    sorted_rows : bool
+        Also check that the columns of each row never decrease (sorted; a repeated
+        column is a multi-edge, as in :class:`~sparsegat.CSRGraph`); implies ``full``.
     data : array, optional
         The stored values: when given, must be an array whose first axis has the
         length of ``indices`` (checked in both tiers).
@@ -87,7 +91,7 @@ def check_csr(indptr: Any, indices: Any, shape: tuple[int, int], *, name: str = 
                          f"got {indptr.shape[0]}")
     if int(indptr[0]) != 0:
         raise ValueError(f"{name}: {p_name}[0] must be 0, got {int(indptr[0])}")
-    full = full or canonical
+    full = full or canonical or sorted_rows
     if full:  # before indptr[-1]: a decreasing pointer is the likelier cause of a wrong end
         # Compare neighbours directly: indptr[1:] - indptr[:-1] can wrap around and look valid.
         down = indptr[1:] < indptr[:-1]
@@ -106,14 +110,15 @@ def check_csr(indptr: Any, indices: Any, shape: tuple[int, int], *, name: str = 
     if lo < 0 or hi >= n_cols:
         raise ValueError(f"{name}: {i_name} must lie in [0, {c_name}={n_cols}), got {lo if lo < 0 else hi} "
                          f"(out of range)")
-    if canonical:
-        _check_rows_increase(indptr, indices, name, i_name)
+    if canonical or sorted_rows:
+        _check_rows_sorted(indptr, indices, name, i_name, strict=canonical)
 
 
-def _check_rows_increase(indptr: Any, indices: Any, name: str, i_name: str) -> None:
-    """Within a row, indices strictly increase; a drop is allowed only where a new row starts."""
+def _check_rows_sorted(indptr: Any, indices: Any, name: str, i_name: str, strict: bool) -> None:
+    """Within a row, indices increase (strictly when ``strict``); a drop is allowed only
+    where a new row starts."""
     nnz = int(indices.shape[0])
-    bad = indices[1:] <= indices[:-1]
+    bad = (indices[1:] <= indices[:-1]) if strict else (indices[1:] < indices[:-1])
     if not bool(bad.any()):
         return
     xp = namespace(indices)
@@ -124,9 +129,10 @@ def _check_rows_increase(indptr: Any, indices: Any, name: str, i_name: str) -> N
         pos = int(xp.flatnonzero(bad)[0]) + 1
         row = int(np.searchsorted(to_numpy(indptr), pos, side="right")) - 1
         problem = "duplicate" if int(indices[pos]) == int(indices[pos - 1]) else "unsorted"
-        raise ValueError(f"{name}: {i_name} of row {row} are not strictly increasing ({problem} column "
+        order = "strictly increasing" if strict else "sorted"
+        raise ValueError(f"{name}: {i_name} of row {row} are not {order} ({problem} column "
                          f"{int(indices[pos])} after {int(indices[pos - 1])}); use "
-                         f"CSRGraph.from_scipy or CSRGraph.from_edge_index to canonicalise")
+                         f"CSRGraph.from_scipy or CSRGraph.from_edge_index to sort them")
 
 
 def row_ids(indptr: Any, dtype: Any = None) -> Any:

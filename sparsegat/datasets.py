@@ -1,4 +1,8 @@
-"""Node-classification data sets: ``.npz`` files and a built-in synthetic graph.
+"""Node-classification data sets: ``.npz`` files, the Planetoid citation graphs and a synthetic graph.
+
+:func:`planetoid` reads Cora, CiteSeer and PubMed from the raw files of the Planetoid
+release (downloaded and checksummed on first use, unpickled only by a restricted
+unpickler; see ``docs/data.md``).
 
 The file layout (documented in ``docs/data.md``): ``indptr``, ``indices`` (the graph as
 CSR, row ``i`` = node ``i``, columns = the nodes it receives messages from);
@@ -20,7 +24,7 @@ import numpy as np
 from .csr_format import check_csr, row_ids
 from .graph import CSRGraph
 
-__all__ = ["Dataset", "DatasetError", "load_npz", "read_npz_arrays", "synthetic", "row_normalize"]
+__all__ = ["Dataset", "DatasetError", "load_npz", "planetoid", "read_npz_arrays", "synthetic", "row_normalize"]
 
 #: A deflate stream expands at most about 1032 times; a member that claims more is lying.
 _MAX_DEFLATE_RATIO = 1100
@@ -65,14 +69,17 @@ class Dataset:
 
     @property
     def num_nodes(self) -> int:
+        """The number of nodes, ``len(y)``."""
         return int(self.y.shape[0])
 
     @property
     def num_features(self) -> int:
+        """The number of feature columns of ``x``."""
         return int(self.x.shape[1])
 
     @property
     def features_sparse(self) -> bool:
+        """Whether ``x`` is a scipy.sparse matrix (rather than a dense array)."""
         return not isinstance(self.x, np.ndarray)
 
     def majority_accuracy(self, mask: np.ndarray | None = None) -> float:
@@ -81,12 +88,23 @@ class Dataset:
         The majority class is the most common label outside the test nodes (the
         training split alone is often balanced, which would make the baseline
         meaningless).
+
+        Parameters
+        ----------
+        mask : ndarray (n,) bool, optional
+            The nodes to score; default ``test_mask``.
+
+        Returns
+        -------
+        float
+            The fraction of ``mask``'s nodes whose label is the majority class.
         """
         mask = self.test_mask if mask is None else mask
         majority = int(np.bincount(self.y[~self.test_mask], minlength=self.num_classes).argmax())
         return float((self.y[mask] == majority).mean())
 
     def describe(self) -> str:
+        """One line: name, nodes, edges, features, classes and the sizes of the splits."""
         if self.features_sparse:
             density = self.x.nnz / max(1, self.x.shape[0] * self.x.shape[1])
             feats = f"{self.num_features} features (sparse, {100 * density:.1f}% non-zero)"
@@ -100,7 +118,15 @@ class Dataset:
 def row_normalize(x: Any) -> Any:
     """Divide every row by its sum (rows summing to 0 stay 0): PyG's ``NormalizeFeatures`` for non-negative features.
 
-    Works on dense arrays and scipy.sparse matrices (returns CSR); float32 stays float32.
+    Parameters
+    ----------
+    x : ndarray (n, d) or scipy.sparse matrix
+        Features; float32 stays float32.
+
+    Returns
+    -------
+    ndarray or scipy.sparse.csr_matrix
+        Dense for a dense ``x``, CSR (with sorted indices) for a sparse one.
     """
     import scipy.sparse as sp
 
@@ -129,6 +155,17 @@ def _fail(path: Any, msg: str) -> DatasetError:
 
 def load_npz(path: str | os.PathLike, name: str | None = None) -> Dataset:
     """Load a data set from an ``.npz`` file in the layout of ``docs/data.md``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` archive (opened without unpickling).
+    name : str, optional
+        The data set's name; default the file name without its extension.
+
+    Returns
+    -------
+    Dataset
 
     Raises
     ------
@@ -303,7 +340,8 @@ def _graph(path: str, data: dict[str, np.ndarray], n: int) -> CSRGraph:
         check_csr(indptr, indices, (n, n), name="graph", dims=("len(y)", "len(y)"))
     except ValueError as exc:
         raise _fail(path, str(exc)) from None
-    return CSRGraph.from_edge_index(indices.astype(np.int64), row_ids(indptr, np.int64), num_src=n, num_dst=n)
+    return CSRGraph.from_edge_index(indices.astype(np.int64), row_ids(indptr, np.int64), num_src=n, num_dst=n,
+                                    duplicates="merge")  # the file layout's meaning (docs/data.md)
 
 
 def _features(path: str, data: dict[str, np.ndarray], n: int) -> Any:
@@ -359,6 +397,81 @@ def _masks(path: str, data: dict[str, np.ndarray], n: int) -> dict[str, np.ndarr
     return masks
 
 
+# ---------------------------------------------------------------------- Planetoid
+def planetoid(name: str, root: str | os.PathLike | None = None, download: bool = True, *,
+              url: str | None = None, log: Any = None) -> Dataset:
+    """Cora, CiteSeer or PubMed with the standard Planetoid split, from the release's raw files.
+
+    Reads the eight files ``ind.{name}.{x,tx,allx,y,ty,ally,graph,test.index}`` from
+    ``root``, downloading the missing ones, and checks every file against the SHA-256
+    of the release before reading it (PubMed's ``allx`` has no published checksum:
+    its size and structure are checked instead). The pickled files are read by a
+    restricted unpickler that admits only the NumPy, SciPy and ``collections``
+    names the format uses, so a crafted file cannot run code (``docs/data.md``).
+
+    The result matches PyTorch Geometric's ``Planetoid`` (and Kipf's GCN loader):
+
+    * nodes: the ``allx`` rows, then the test nodes at the ids of ``test.index``;
+      ids missing from the test range (CiteSeer's 15 isolated nodes) are padded
+      with zero features and label 0, and are in no split;
+    * labels: the argmax of the one-hot rows, int64 (an all-zero row gives 0);
+    * splits: train = the first ``len(y)`` nodes (140 / 120 / 60), val = the next
+      500, test = the 1000 ids of ``test.index``;
+    * graph: symmetrised, without self-loops or duplicate edges (Cora: 2708 nodes,
+      10556 directed edges);
+    * features: a float32 ``scipy.sparse.csr_matrix`` (not row-normalised).
+
+    Parameters
+    ----------
+    name : str
+        ``"cora"``, ``"citeseer"`` or ``"pubmed"`` (any case).
+    root : str or path-like, optional
+        The folder of the raw files. Default: ``$SPARSEGAT_DATA`` when set, else
+        ``~/.cache/sparsegat/planetoid``. Created when files must be downloaded.
+    download : bool
+        Download missing files (default). With False a missing file raises
+        ``FileNotFoundError``.
+    url : str, optional
+        Base address the file names are appended to: an ``https://``, ``http://`` or
+        ``file://`` URL. Default: ``$SPARSEGAT_PLANETOID_URL`` when set, else
+        ``https://github.com/kimiyoung/planetoid/raw/master/data/``.
+    log : text stream, optional
+        Receives one line per file downloaded (``sparsegat train`` passes stderr).
+
+    Returns
+    -------
+    Dataset
+        Named ``name`` in lower case.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of the three, or ``url`` has another scheme.
+    TypeError
+        ``name`` is not a string, or ``download`` not a bool.
+    DatasetError (a ValueError)
+        A file whose checksum differs (naming the file, the expected and the
+        actual SHA-256; a download that fails it is not kept; a file already in
+        ``root`` is left for you to delete), or that is corrupt, truncated,
+        references anything but the admitted globals, or disagrees with the other
+        files (shapes, node ids out of range).
+    FileNotFoundError
+        ``download=False`` and files are missing.
+    OSError
+        A download failed (no network, HTTP error), with the URL.
+
+    Examples
+    --------
+    >>> from sparsegat.datasets import planetoid
+    >>> data = planetoid("cora")                                  # doctest: +SKIP
+    >>> data.describe()                                           # doctest: +SKIP
+    'cora: 2708 nodes, 10556 edges, 1433 features (sparse, 1.3% non-zero), 7 classes, 140/500/1000 ...'
+    """
+    from .planetoid import load  # here: the module imports this one, and urllib is only needed here
+
+    return load(name, root, download, url=url, log=log)
+
+
 # ---------------------------------------------------------------------- synthetic data
 def synthetic(num_nodes: int = 1600, num_classes: int = 4, num_features: int = 16, degree: float = 4.0,
               homophily: float = 0.8, distractors: float = 0.5, distractor_degree: float = 6.0,
@@ -390,6 +503,37 @@ def synthetic(num_nodes: int = 1600, num_classes: int = 4, num_features: int = 1
     attention; the majority class gets 0.26. Splits as Planetoid's:
     ``train_per_class`` training nodes per class, then ``num_val`` validation and
     ``num_test`` test nodes, all among the labelled nodes.
+
+    Parameters
+    ----------
+    num_nodes, num_classes, num_features : int
+        Labelled nodes, classes, and features per node (flag features included).
+    degree : float
+        Mean number of labelled neighbours of a labelled node.
+    homophily : float
+        Probability that a labelled-labelled edge stays within the class.
+    distractors : float
+        Distractor nodes, as a fraction of ``num_nodes``.
+    distractor_degree : float
+        Mean number of distractor neighbours of a labelled node.
+    signal, distractor_scale, flag : float
+        Length of the class means, noise scale of the distractors, value of their flag features.
+    flag_features : int
+        Features that flag the distractors (``1 <= flag_features < num_features``).
+    train_per_class, num_val, num_test : int
+        Sizes of the splits.
+    seed : int
+        Seed of everything random.
+
+    Returns
+    -------
+    Dataset
+        With ``distractors`` set (the distractor nodes, in no split).
+
+    Raises
+    ------
+    ValueError
+        When ``num_nodes`` is too small for the splits, or ``flag_features`` out of range.
     """
     if num_nodes < num_classes * train_per_class + num_val + num_test:
         raise ValueError(f"num_nodes={num_nodes} is too small for the splits "
@@ -427,7 +571,7 @@ def synthetic(num_nodes: int = 1600, num_classes: int = 4, num_features: int = 1
     keep = src != dst
     src, dst = src[keep], dst[keep]
     graph = CSRGraph.from_edge_index(np.concatenate([src, dst]), np.concatenate([dst, src]),
-                                     num_src=total, num_dst=total)
+                                     num_src=total, num_dst=total, duplicates="merge")
 
     order = rng.permutation(n)
     train = np.zeros(total, dtype=bool)

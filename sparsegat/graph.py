@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import array_kind, namespace as _namespace, to_numpy
+from .arrays import array_kind, check_host_allocation, namespace as _namespace, to_numpy
 from .csr_format import check_csr, row_ids as _row_ids
 
 INT32_MAX = np.iinfo(np.int32).max
@@ -88,13 +88,13 @@ def _seal_all(obj: Any) -> Any:
     return obj
 
 
-def _as_index_array(name: str, a: Any, xp: Any) -> Any:
-    """Return ``a`` as a 1-D int32/int64 array of namespace ``xp`` (a copy, sealed on the host)."""
+def _as_index_array(name: str, a: Any, xp: Any, ndim: int = 1) -> Any:
+    """Return ``a`` as an ``ndim``-D int32/int64 array of namespace ``xp`` (a copy, sealed on the host)."""
     arr = xp.asarray(a)
     if isinstance(a, (list, tuple)) and arr.size == 0:
         arr = arr.astype(np.int64)  # an empty Python list is an empty edge list, not float data
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got an array of shape {tuple(arr.shape)}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got an array of shape {tuple(arr.shape)}")
     if arr.dtype.kind not in "iu":
         raise ValueError(f"{name} must have an integer dtype, got {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) > INT64_MAX:
@@ -106,22 +106,51 @@ def _as_index_array(name: str, a: Any, xp: Any) -> Any:
     return sealed(arr) if xp is np else arr.copy()
 
 
+def _edge_arrays(src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)`` as validated 1-D int64 host arrays; ``dst=None`` splits a ``(2, E)`` ``src``."""
+    host = (lambda a: a if isinstance(a, (list, tuple)) else to_numpy(a))
+    if dst is None:
+        edge_index = _as_index_array("edge_index", host(src), np, ndim=2)
+        if edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must have shape (2, E), got {edge_index.shape}")
+        src, dst = edge_index[0], edge_index[1]
+    else:
+        src, dst = _as_index_array("src", host(src), np), _as_index_array("dst", host(dst), np)
+    if src.shape != dst.shape:
+        raise ValueError(f"src and dst must have the same length, got {src.shape[0]} and {dst.shape[0]}")
+    for name, a in (("src", src), ("dst", dst)):
+        if a.size and int(a.min()) < 0:
+            raise ValueError(f"{name} must be non-negative, got {int(a.min())}")
+    return src.astype(np.int64, copy=False), dst.astype(np.int64, copy=False)
+
+
+def _edge_shape(src: np.ndarray, dst: np.ndarray, num_src: Any, num_dst: Any) -> tuple[int, int]:
+    """``(n_dst, n_src)``: both counts as given, one count for a square graph, or PyG's inference."""
+    if num_src is None and num_dst is None:
+        n = max(int(src.max()) if src.size else -1, int(dst.max()) if dst.size else -1) + 1
+        num_src = num_dst = n
+    elif num_src is None or num_dst is None:
+        num_src = num_dst = num_src if num_dst is None else num_dst
+    return _check_shape((num_dst, num_src))
+
+
 class CSRGraph:
-    """A graph in canonical CSR form: column indices strictly increasing in each row.
+    """A graph in CSR form: column indices sorted (non-decreasing) in each row.
 
     Parameters
     ----------
     indptr : array of int, shape (n_dst + 1,)
         Row pointers.
     indices : array of int, shape (nnz,)
-        Source node of each edge, sorted and unique within each row.
+        Source node of each edge, sorted within each row; a repeated source is a
+        multi-edge (each copy has its own score and softmax term, as in PyG and DGL).
     shape : tuple of int
         ``(n_dst, n_src)``.
 
     Notes
     -----
-    The raw constructor validates strictly and rejects anything non-canonical;
-    use :meth:`from_scipy` or :meth:`from_edge_index` to canonicalise. The index
+    The raw constructor validates strictly and rejects unsorted rows and every other
+    malformed input; use :meth:`from_scipy` or :meth:`from_edge_index` to sort. The index
     dtype of the arrays given (int32 or int64) is kept when the sizes fit it, so
     tests can exercise both; other integer dtypes become int64.
 
@@ -142,7 +171,7 @@ class CSRGraph:
         indices = _as_index_array("indices", indices, xp)
         if array_kind(indptr) != array_kind(indices):
             raise TypeError("indptr and indices must both be NumPy arrays or both be CuPy arrays")
-        check_csr(indptr, indices, (n_dst, n_src), name="CSRGraph", canonical=True, dims=("n_dst", "n_src"))
+        check_csr(indptr, indices, (n_dst, n_src), name="CSRGraph", sorted_rows=True, dims=("n_dst", "n_src"))
         dtype = np.promote_types(indptr.dtype, indices.dtype)
         if dtype == np.int32 and max(n_dst, n_src, int(indices.shape[0])) > INT32_MAX:
             dtype = np.dtype(np.int64)
@@ -184,7 +213,8 @@ class CSRGraph:
     def from_scipy(cls, A: Any, *, index_dtype: Any = None) -> "CSRGraph":
         """Build from any scipy.sparse matrix or array; stored entries are edges.
 
-        Entries are sorted and duplicates merged. Explicitly stored zeros count
+        Entries are sorted and duplicate entries merged into one edge (SciPy's meaning:
+        duplicates are summed into one entry). Explicitly stored zeros count
         as edges (the structure, not the values, defines the graph).
         """
         import scipy.sparse as sp
@@ -208,48 +238,66 @@ class CSRGraph:
                           dims=("n_block_rows", "n_block_cols"))
             coo = A.tocoo()
             rows, cols = coo.row, coo.col
-        return cls.from_edge_index(cols, rows, num_src=A.shape[1], num_dst=A.shape[0], index_dtype=index_dtype)
+        return cls.from_edge_index(cols, rows, num_src=A.shape[1], num_dst=A.shape[0], index_dtype=index_dtype,
+                                   duplicates="merge")
 
     @classmethod
-    def from_edge_index(cls, src: Any, dst: Any, num_src: int | None = None,
-                        num_dst: int | None = None, *, index_dtype: Any = None) -> "CSRGraph":
-        """Build from edge lists ``src[e] -> dst[e]``; sorts and merges duplicates.
+    def from_edge_index(cls, src: Any, dst: Any = None, num_src: int | None = None,
+                        num_dst: int | None = None, *, index_dtype: Any = None, duplicates: str = "keep",
+                        return_perm: bool = False) -> "CSRGraph | tuple[CSRGraph, np.ndarray]":
+        """Build from edges ``src[e] -> dst[e]`` (or PyG's ``edge_index``), sorted into CSR order.
 
         Parameters
         ----------
         src, dst : array of int, shape (E,)
-            Source and destination node of each edge.
+            Source and destination node of each edge. With ``dst`` omitted, ``src`` is
+            one ``(2, E)`` array: PyG's ``edge_index``, sources in row 0 and targets
+            (the nodes that attend) in row 1.
         num_src, num_dst : int, optional
-            Node counts; default ``max + 1`` of the given ids (0 when empty).
+            Node counts. With both, the graph is ``(num_dst, num_src)`` (bipartite
+            when they differ); with one of them, square of that size; with neither,
+            square with ``max id + 1`` nodes over both sides, as PyG infers it (0 when
+            there are no edges).
         index_dtype : dtype, optional
             int32 or int64; by default the smallest that fits.
+        duplicates : {"keep", "merge", "error"}
+            A repeated ``(src, dst)`` pair is a multi-edge: ``"keep"`` keeps every copy
+            as its own edge (its own score and softmax term, as in PyG and DGL),
+            ``"merge"`` keeps the first, ``"error"`` raises ``ValueError`` naming the
+            first repeated pair.
+        return_perm : bool
+            Also return ``perm`` (int64, one per stored edge): ``perm[c]`` is the input
+            position of the edge stored at CSR position ``c``, so ``edge_attr[perm]``
+            puts per-edge data into CSR order (e.g. for ``edge_bias``) and
+            ``w_csr[argsort(perm)]`` (without merged edges) gives back the input order.
+
+        Returns
+        -------
+        CSRGraph, or (CSRGraph, ndarray) with ``return_perm=True``.
         """
-        src = _as_index_array("src", src if isinstance(src, (list, tuple)) else to_numpy(src), np)
-        dst = _as_index_array("dst", dst if isinstance(dst, (list, tuple)) else to_numpy(dst), np)
-        if src.shape != dst.shape:
-            raise ValueError(f"src and dst must have the same length, got {src.shape[0]} and {dst.shape[0]}")
-        for name, a in (("src", src), ("dst", dst)):
-            if a.size and int(a.min()) < 0:
-                raise ValueError(f"{name} must be non-negative, got {int(a.min())}")
-        if num_src is None:
-            num_src = int(src.max()) + 1 if src.size else 0
-        if num_dst is None:
-            num_dst = int(dst.max()) + 1 if dst.size else 0
-        n_dst, n_src = _check_shape((num_dst, num_src))
+        if duplicates not in ("keep", "merge", "error"):
+            raise ValueError(f"duplicates must be 'keep', 'merge' or 'error', got {duplicates!r}")
+        src, dst = _edge_arrays(src, dst)
+        n_dst, n_src = _edge_shape(src, dst, num_src, num_dst)
         for name, a, n in (("src", src, n_src), ("dst", dst, n_dst)):
             if a.size and int(a.max()) >= n:
                 raise ValueError(f"{name} has node id {int(a.max())}, out of range for {n} nodes")
-        order = np.lexsort((src, dst))
-        src, dst = src[order], dst[order]
-        if src.size:
-            keep = np.empty(src.shape[0], dtype=bool)
-            keep[0] = True
-            keep[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
-            src, dst = src[keep], dst[keep]
+        perm = np.lexsort((src, dst))  # stable: copies of an edge keep their input order
+        src, dst = src[perm], dst[perm]
+        if src.size and duplicates != "keep":
+            repeat = np.zeros(src.shape[0], dtype=bool)
+            repeat[1:] = (src[1:] == src[:-1]) & (dst[1:] == dst[:-1])
+            if duplicates == "error" and repeat.any():
+                first = int(perm[repeat].min())  # the earliest input position that repeats a pair
+                raise ValueError(f"edge {first} (src={int(src[perm == first][0])}, dst={int(dst[perm == first][0])}) "
+                                 f"repeats an earlier edge; pass duplicates='keep' (multi-edges) or 'merge'")
+            src, dst, perm = src[~repeat], dst[~repeat], perm[~repeat]
         dtype = _resolve_index_dtype(index_dtype, n_dst, n_src, src.shape[0])
+        check_host_allocation((n_dst + 1) * (dtype.itemsize + 8), f"a graph of {n_dst} destination nodes")
         indptr = np.zeros(n_dst + 1, dtype=dtype)
         np.cumsum(np.bincount(dst, minlength=n_dst), out=indptr[1:])
-        return cls._trusted(indptr, src.astype(dtype), (n_dst, n_src))
+        g = cls._trusted(indptr, src.astype(dtype), (n_dst, n_src))
+        return (g, perm.astype(np.int64)) if return_perm else g
 
     # ------------------------------------------------------------------ properties
     @property
@@ -321,19 +369,9 @@ class CSRGraph:
             source node that owns position ``p``.
         """
         if self._transposed is None:
-            indptr, indices = to_numpy(self.indptr), to_numpy(self.indices)
-            dtype = self.index_dtype
-            # Stable sort by source keeps destinations increasing within a column.
-            t_perm = np.argsort(indices, kind="stable").astype(dtype)
-            t_indptr = np.zeros(self.n_src + 1, dtype=dtype)
-            np.cumsum(np.bincount(indices, minlength=self.n_src), out=t_indptr[1:])
-            rows = _row_ids(indptr, dtype)
-            t_indices = rows[t_perm]
-            if self.device == "cupy":
-                import cupy
-
-                t_indptr, t_indices, t_perm = (cupy.asarray(a) for a in (t_indptr, t_indices, t_perm))
-            object.__setattr__(self, "_transposed", _seal_all((t_indptr, t_indices, t_perm)))
+            rows = self._row_ids  # reuse the edge rows when already cached; never cache them here
+            t = transpose_csr(self.indptr, self.indices, self.n_src, self.index_dtype, rows=rows)
+            object.__setattr__(self, "_transposed", _seal_all(t))
         return self._transposed
 
     def cached(self, key: str, build: Any) -> Any:
@@ -343,24 +381,43 @@ class CSRGraph:
         inside tuples, lists, dicts and dataclasses) becomes a read-only array that
         cannot be made writeable again (arrays already so are kept without a copy);
         lists become tuples and dicts read-only mappings.
+
+        :meth:`to` carries the entries to the other device, their arrays converted (and
+        sealed on the host), except those of host-only backends (keys starting with one
+        of :data:`HOST_ONLY_CACHES`) when moving to the GPU.
         """
         if key not in self._other:
             self._other[key] = _seal_all(build())
         return self._other[key]
 
     # ------------------------------------------------------------------ transformations
-    def with_self_loops(self) -> "CSRGraph":
-        """Return a new graph with every missing ``(i, i)`` edge added.
+    def with_self_loops(self, *, replace: bool = False) -> "CSRGraph":
+        """Return a new graph with a self-loop ``(i, i)`` on every node that lacks one.
 
         For a non-square graph ``(n_dst, n_src)`` these are the loops ``i < min(n_dst, n_src)``,
-        as PyG's ``add_self_loops`` does for a bipartite pair.
+        as PyG's ``add_self_loops`` does for a bipartite pair. Multi-edges are kept.
+
+        Parameters
+        ----------
+        replace : bool
+            False (default): existing loops stay (a node with two loops keeps both) and
+            only missing ones are added. True: every existing loop is removed first and
+            exactly one loop per node added, PyG's ``GATConv`` rule
+            (``remove_self_loops`` then ``add_self_loops``).
         """
         n_dst, n_src = self.shape
-        indptr, indices = to_numpy(self.indptr), to_numpy(self.indices)
+        m = min(n_dst, n_src)
+        indptr, indices = to_numpy(self.indptr), to_numpy(self.indices).astype(np.int64)
         rows = _row_ids(indptr, np.int64)
-        loops = np.arange(min(n_dst, n_src), dtype=np.int64)
-        g = CSRGraph.from_edge_index(np.concatenate([indices.astype(np.int64), loops]),
-                                     np.concatenate([rows, loops]),
+        is_loop = indices == rows
+        if replace:
+            indices, rows = indices[~is_loop], rows[~is_loop]
+            loops = np.arange(m, dtype=np.int64)
+        else:
+            has_loop = np.zeros(m, dtype=bool)
+            has_loop[rows[is_loop]] = True
+            loops = np.flatnonzero(~has_loop).astype(np.int64)
+        g = CSRGraph.from_edge_index(np.concatenate([indices, loops]), np.concatenate([rows, loops]),
                                      num_src=n_src, num_dst=n_dst, index_dtype=self.index_dtype)
         return g.to(self.device)
 
@@ -372,7 +429,12 @@ class CSRGraph:
         return CSRGraph._trusted(self.indptr.astype(dtype), self.indices.astype(dtype), self.shape)
 
     def to(self, device: str) -> "CSRGraph":
-        """Return the graph on ``"numpy"`` (host) or ``"cupy"`` (GPU); itself if already there."""
+        """Return the graph on ``"numpy"`` (host) or ``"cupy"`` (GPU); itself if already there.
+
+        The cached structures that exist (``transposed()``, ``row_ids()``, the entries of
+        :meth:`cached`) are converted too, not rebuilt; on the host they are sealed like
+        the graph's own arrays.
+        """
         if device not in ("numpy", "cupy"):
             raise ValueError(f"device must be 'numpy' or 'cupy', got {device!r}")
         if device == self.device:
@@ -387,16 +449,97 @@ class CSRGraph:
         else:
             move = to_numpy
         g = CSRGraph._trusted(move(self.indptr), move(self.indices), self.shape)
-        if self._transposed is not None:
-            object.__setattr__(g, "_transposed", _seal_all(tuple(move(a) for a in self._transposed)))
+        _carry_caches(self, g, move, device)
         return g
 
     def to_scipy(self) -> Any:
-        """Return the structure as a ``scipy.sparse.csr_matrix`` with unit values."""
+        """Return the structure as a ``scipy.sparse.csr_matrix`` with unit values.
+
+        Each copy of a multi-edge is its own stored entry (SciPy sums them when it
+        converts to dense or canonical form).
+        """
         import scipy.sparse as sp
 
         indptr, indices = to_numpy(self.indptr), to_numpy(self.indices)
         return sp.csr_matrix((np.ones(indices.shape[0]), indices, indptr), shape=self.shape)
+
+
+#: Key prefixes of :meth:`CSRGraph.cached` entries that only host backends read:
+#: :meth:`CSRGraph.to` leaves them behind when it moves a graph to the GPU.
+HOST_ONLY_CACHES = ("numba.",)
+
+
+def transpose_csr(indptr: Any, indices: Any, n_src: int, dtype: Any, rows: Any = None) -> tuple[Any, Any, Any]:
+    """``(t_indptr, t_indices, t_perm)`` of a CSR structure, computed on its own device.
+
+    Parameters
+    ----------
+    indptr, indices : array of int
+        A valid CSR structure, rows sorted (NumPy or CuPy; computed with that namespace).
+    n_src : int
+        Number of columns.
+    dtype : dtype
+        Index dtype of the results (int32 or int64, large enough for the sizes).
+    rows : array, optional
+        The row of every edge (``row_ids(indptr)``), when already at hand.
+
+    Returns
+    -------
+    tuple of arrays
+        As :meth:`CSRGraph.transposed`. The sort by column is stable: the edges of a
+        column keep their CSR order (destinations never decrease), and NumPy and CuPy
+        give the same arrays.
+    """
+    xp = _namespace(indices)
+    dtype = np.dtype(dtype)
+    # A stable sort keeps CSR order among the edges of a column. CuPy's argsort is always
+    # stable (documented since CuPy 7; older releases take no ``kind``).
+    order = xp.argsort(indices, kind="stable") if xp is np else xp.argsort(indices)
+    t_perm = order.astype(dtype)
+    # Column pointers by searching the sorted columns, not bincount: cupy.bincount reads
+    # max(x) first, which fails on an empty array, and its atomics serialise on hub columns.
+    # Columns 0..n_src-1 only (n_src itself may not fit the index dtype); the end is nnz.
+    starts = xp.searchsorted(indices[order], xp.arange(n_src, dtype=indices.dtype), side="left")
+    del order
+    t_indptr = xp.concatenate([starts.astype(dtype), xp.full((1,), indices.shape[0], dtype=dtype)])
+    if rows is None:
+        rows = _row_ids(indptr, dtype)
+    return t_indptr, rows[t_perm].astype(dtype, copy=False), t_perm
+
+
+def _carry_caches(src: CSRGraph, dst: CSRGraph, move: Any, device: str) -> None:
+    """Give ``dst`` (``src`` moved to ``device`` by ``move``) the converted caches of ``src``."""
+    _set = object.__setattr__
+    if src._transposed is not None:
+        _set(dst, "_transposed", _seal_all(_moved(src._transposed, move, device)))
+    if src._row_ids is not None:
+        _set(dst, "_row_ids", sealed(move(src._row_ids)))
+    for key, value in src._other.items():
+        if device == "cupy" and key.startswith(HOST_ONLY_CACHES):
+            continue
+        dst._other[key] = _seal_all(_moved(value, move, device))
+
+
+def _moved(obj: Any, move: Any, device: str) -> Any:
+    """``obj`` with every array in it (tuples, dicts, dataclasses, graphs) moved by ``move``."""
+    import dataclasses
+    import types
+
+    if isinstance(obj, CSRGraph):
+        return obj.to(device)
+    if array_kind(obj) is not None:
+        return move(obj)
+    if isinstance(obj, tuple):
+        items = [_moved(x, move, device) for x in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, list):
+        return [_moved(x, move, device) for x in obj]
+    if isinstance(obj, (dict, types.MappingProxyType)):
+        return {k: _moved(v, move, device) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: _moved(getattr(obj, f.name), move, device) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    return obj
 
 
 def _resolve_index_dtype(index_dtype: Any, n_dst: int, n_src: int, nnz: int) -> np.dtype:

@@ -320,11 +320,15 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=(
-        "Train a two-layer graph attention network for node classification on an .npz data set "
-        "(layout in docs/data.md) or, without --data, on a built-in synthetic graph "
+        "Train a two-layer graph attention network for node classification on a Planetoid data set "
+        "(cora, citeseer, pubmed), an .npz data set (layout in docs/data.md) or, without --data, on a "
+        "built-in synthetic graph "
         "(a contextual stochastic block model with distractor nodes, where attention pays off). "
         "Defaults are the GAT paper's Cora recipe. Progress goes to stderr, the summary to stdout."))
-    p.add_argument("--data", metavar="FILE.npz", help="data set file (default: the built-in synthetic graph)")
+    p.add_argument("--data", metavar="NAME|FILE.npz",
+                   help="cora, citeseer or pubmed (Planetoid raw files from $SPARSEGAT_DATA or "
+                        "~/.cache/sparsegat/planetoid, downloaded when missing), or a data set file "
+                        "(default: the built-in synthetic graph)")
     p.add_argument("--epochs", type=int, default=300, help="training epochs, one evaluation after each (default: 300)")
     p.add_argument("--lr", type=float, default=0.005, help="Adam learning rate (default: 0.005)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="Adam (L2) weight decay (default: 5e-4)")
@@ -450,21 +454,36 @@ class _Arrays(NamedTuple):
     test_mask: Any
 
 
-def _load_data(a: argparse.Namespace) -> tuple[Any, Any]:
+def _load_data(a: argparse.Namespace, log: Any = None) -> tuple[Any, Any]:
     """``(data set, features)``: non-negative features row-normalised."""
-    from .datasets import load_npz, row_normalize, synthetic
+    from .datasets import load_npz, planetoid, row_normalize, synthetic
 
-    data = _load_file(a.data, load_npz) if a.data is not None else synthetic(seed=a.seed)
+    if a.data is None:
+        data = synthetic(seed=a.seed)
+    elif _is_planetoid_name(a.data):
+        data = planetoid(a.data, log=log)
+    else:
+        data = _load_file(a.data, load_npz)
     # Row-normalise non-negative features (bag-of-words, as the paper and PyG's NormalizeFeatures);
     # signed features (the synthetic Gaussian ones) are left alone: their row sums mean nothing.
     x = row_normalize(data.x) if _non_negative(data.x) else data.x
     return data, x
 
 
+def _is_planetoid_name(value: str) -> bool:
+    """``--data cora`` (any case) names a Planetoid data set; a file of that name is given as ``./cora``."""
+    from .planetoid import NAMES
+
+    return value.lower() in NAMES
+
+
 def _load_file(path: str, load_npz: Any) -> Any:
     """``load_npz(path)``, with a hint when the file is a graph format that ``--data`` does not take."""
     from .datasets import DatasetError
+    from .planetoid import NAMES
 
+    if not os.path.exists(path) and not path.lower().endswith(".npz"):
+        raise DatasetError(f"--data {path}: no such file, and not a data set name ({', '.join(NAMES)})")
     try:
         return load_npz(path)
     except DatasetError as exc:
@@ -567,7 +586,7 @@ def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, An
     t_start = time.perf_counter()
     for note in tune_process(a.blas_threads).notes:
         print(f"note      {note}", file=log)
-    data, x = _load_data(a)
+    data, x = _load_data(a, log)
     backend, kind = _choose_backend(a)
     model = build_model(a.score, data.num_features, data.num_classes, a.hidden, a.heads, a.output_heads,
                         a.dropout, a.seed, backend)

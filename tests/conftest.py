@@ -19,6 +19,10 @@ Tests on the Cora data set take the ``cora_path`` fixture, the one place that kn
 where the file is: ``$SPARSEGAT_CORA`` when set, else ``data/cora.npz`` in a
 ``shared`` folder beside the clone (``<repo>/../shared/data/cora.npz``). The
 file's layout is described in ``docs/data.md``; without the file these tests skip.
+
+Tests on the raw Planetoid files take the ``planetoid_path`` fixture: the folder of the
+eight ``ind.cora.*`` files, ``$SPARSEGAT_PLANETOID`` when set, else
+``<repo>/../shared/data/planetoid``; without them these tests skip.
 """
 
 from __future__ import annotations
@@ -55,4 +59,22 @@ def cora_path() -> Path:
     if not path.is_file():
         where = f"SPARSEGAT_CORA={env!r} is not a file" if env else f"{path} does not exist"
         pytest.skip(f"Cora data file not available ({where}); set SPARSEGAT_CORA to the path of cora.npz")
+    return path
+
+
+#: Where ``planetoid_path`` looks when ``$SPARSEGAT_PLANETOID`` is not set.
+DEFAULT_PLANETOID = DEFAULT_CORA.parent / "planetoid"
+_PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+
+
+@pytest.fixture(scope="session")
+def planetoid_path() -> Path:
+    """The folder of the raw Cora files of the Planetoid release (``ind.cora.*``); skips when absent."""
+    env = os.environ.get("SPARSEGAT_PLANETOID")
+    path = Path(env) if env else DEFAULT_PLANETOID
+    missing = [f"ind.cora.{f}" for f in _PLANETOID_FILES if not (path / f"ind.cora.{f}").is_file()]
+    if missing:
+        where = f"SPARSEGAT_PLANETOID={env!r}" if env else str(path)
+        pytest.skip(f"raw Planetoid Cora files not available ({where} lacks {', '.join(missing)}); "
+                    f"set SPARSEGAT_PLANETOID to their folder")
     return path

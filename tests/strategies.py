@@ -78,17 +78,22 @@ def score_configs(scores: Sequence[str] = SCORES) -> st.SearchStrategy[dict[str,
 
 
 # ---------------------------------------------------------------------------- graphs
-def _row_columns(draw: Any, n_src: int, max_sparse_degree: int) -> list[int]:
-    """Columns of one row: empty, sparse (a few random sources) or a hub (nearly all)."""
+def _row_columns(draw: Any, n_src: int, max_sparse_degree: int, multi_edges: bool = False) -> list[int]:
+    """Columns of one row: empty, sparse (a few random sources), a hub (nearly all), or
+    (with ``multi_edges``) sparse with a repeated source."""
     if n_src == 0:
         return []
-    # 0-1: empty, 2: hub, 3-9: sparse.  Shrinks towards empty rows.
+    # 0-1: empty, 2: hub, 3: multi-edges (else sparse), 4-9: sparse.  Shrinks towards empty rows.
     kind = draw(st.integers(0, 9))
     if kind <= 1:
         return []
     if kind == 2:
         missing = draw(st.sets(st.integers(0, n_src - 1), max_size=max(0, n_src // 4)))
         return [j for j in range(n_src) if j not in missing]
+    if kind == 3 and multi_edges:
+        cols = draw(st.lists(st.integers(0, n_src - 1), min_size=1, max_size=max(1, max_sparse_degree)))
+        copies = draw(st.integers(1, 3))
+        return sorted(cols + [cols[0]] * copies)
     return sorted(draw(st.sets(st.integers(0, n_src - 1), min_size=1,
                                max_size=min(n_src, max_sparse_degree))))
 
@@ -96,12 +101,13 @@ def _row_columns(draw: Any, n_src: int, max_sparse_degree: int) -> list[int]:
 @st.composite
 def csr_graphs(draw: Any, min_n: int = 0, max_n: int = 10, bipartite: bool | None = None,
                index_dtype: Any = None, max_sparse_degree: int = 4, self_loops: bool = False,
-               min_edges: int = 0) -> CSRGraph:
-    """Strategy for canonical CSR graphs of shape ``(n_dst, n_src)``.
+               min_edges: int = 0, multi_edges: bool = True) -> CSRGraph:
+    """Strategy for CSR graphs of shape ``(n_dst, n_src)``.
 
     Every row is independently empty, sparse (1 to ``max_sparse_degree`` random
-    sources) or a hub (every source, less at most a quarter of them), so graphs
-    have empty rows, hub rows and rows with a single edge. The graph is built
+    sources), a hub (every source, less at most a quarter of them) or, with
+    ``multi_edges``, sparse with a source repeated up to 3 times, so graphs have
+    empty rows, hub rows, rows with a single edge and multi-edges. The graph is built
     through the raw ``CSRGraph(indptr, indices, shape)`` constructor with arrays
     of the chosen index dtype, so ``g.index_dtype`` is that dtype.
 
@@ -123,6 +129,9 @@ def csr_graphs(draw: Any, min_n: int = 0, max_n: int = 10, bipartite: bool | Non
     min_edges : int
         At least this many edges (0 or 1 are sensible; needs ``min_n >= 1``):
         when the drawn rows have fewer, a hub row is added.
+    multi_edges : bool
+        Allow repeated sources in a row (False for the dense oracle, which has one
+        cell per ``(i, j)`` pair).
     """
     if not 0 <= min_n <= max_n:
         raise ValueError(f"need 0 <= min_n <= max_n, got {min_n}, {max_n}")
@@ -144,12 +153,12 @@ def csr_graphs(draw: Any, min_n: int = 0, max_n: int = 10, bipartite: bool | Non
     if index_dtype is None:
         index_dtype = draw(st.sampled_from(INDEX_DTYPES))
     index_dtype = np.dtype(index_dtype)
-    rows = [_row_columns(draw, n_src, max_sparse_degree) for _ in range(n_dst)]
+    rows = [_row_columns(draw, n_src, max_sparse_degree, multi_edges) for _ in range(n_dst)]
     if sum(map(len, rows)) < min_edges and n_dst and n_src:
         i = draw(st.integers(0, n_dst - 1))
         rows[i] = list(range(n_src))
     if self_loops:
-        rows = [sorted(set(r) | {i}) for i, r in enumerate(rows)]
+        rows = [sorted(r + [i]) if i not in r else r for i, r in enumerate(rows)]
     indptr = np.zeros(n_dst + 1, dtype=index_dtype)
     np.cumsum([len(r) for r in rows], out=indptr[1:])
     indices = np.array([j for r in rows for j in r], dtype=index_dtype)

@@ -111,7 +111,7 @@ def test_weights_of_nonempty_rows_sum_to_one(config, data):
 @given(data=st.data())
 def test_forward_and_weights_agree_with_dense_reference(config, data):
     dtype = data.draw(dtypes)
-    p = data.draw(problems(config, dtype))
+    p = data.draw(problems(config, dtype, multi_edges=False))  # the oracle has one cell per (i, j)
     dropout = data.draw(st.sampled_from([0.0, 0.0, 0.4]))
     seed = data.draw(st.integers(0, 2**64 - 1))
     out, ctx = fwd(p, dropout=dropout, seed=seed)
@@ -191,9 +191,10 @@ def relabel(p, sigma, pi):
     n_dst, n_src = g.shape
     rows, cols = edge_list(g)
     new_rows, new_cols = sigma[rows], pi[cols]
-    g2 = CSRGraph.from_edge_index(new_cols, new_rows, num_src=n_src, num_dst=n_dst, index_dtype=g.index_dtype)
+    g2, order = CSRGraph.from_edge_index(new_cols, new_rows, num_src=n_src, num_dst=n_dst,
+                                         index_dtype=g.index_dtype, return_perm=True)
+    pos = np.argsort(order)  # copies of a multi-edge keep their order, so this is well defined
     r2, c2 = edge_list(g2)
-    pos = np.searchsorted(r2 * n_src + c2, new_rows * n_src + new_cols)
     assert np.array_equal(r2[pos], new_rows) and np.array_equal(c2[pos], new_cols)
 
     def perm(x, s):
@@ -440,7 +441,7 @@ def test_float32_cosine_large_norms_stay_finite():
 @configs
 @given(data=st.data())
 def test_dtype_kept_and_float32_close_to_float64(config, data):
-    p64 = data.draw(problems(config, np.float64))
+    p64 = data.draw(problems(config, np.float64, multi_edges=False))  # compared with the dense oracle
     p32 = p64._replace(inputs=p64.inputs.astype(np.float32))
     out64, ctx64 = fwd(p64)
     out32, ctx32 = fwd(p32)

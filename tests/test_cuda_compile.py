@@ -1,6 +1,7 @@
 """The CUDA sources compile for real GPUs: with nvcc for sm_80 and sm_90, and with NVRTC
-exactly as the ``cupy`` backend compiles them (same assembled source, options and name
-expressions). No GPU is needed; each check skips cleanly when its compiler is absent.
+exactly as the ``cupy`` backend compiles them (same assembled source, name expressions,
+and options: ours plus the ones CuPy adds, ``launch.CUPY_ADDED_OPTIONS``). No GPU is
+needed; each check skips cleanly when its compiler is absent.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ NVCC = shutil.which("nvcc") or (os.path.join(os.environ["CUDA_HOME"], "bin", "nv
                                 if os.environ.get("CUDA_HOME") else None)
 needs_nvcc = pytest.mark.skipif(NVCC is None or not os.path.exists(NVCC), reason="nvcc not found")
 ARCHS = ("sm_80", "sm_90")
+#: ``launch.CUPY_ADDED_OPTIONS`` as nvcc takes them: ``-ftz=true``; nvcc has no
+#: ``--device-as-default-execution-space`` (every function here is annotated anyway).
+NVCC_CUPY_FLAGS = ("-ftz=true",)
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 I32, I64 = np.dtype(np.int32), np.dtype(np.int64)
 
@@ -70,8 +74,8 @@ def test_every_source_compiles_with_nvcc(arch, tmp_path):
     for src in sources:
         tu = tmp_path / f"inst_{src}"
         tu.write_text(instantiation_unit(src, [n for n in names if cl.KERNEL_FILES[cl.kernel_base_name(n)] == src]))
-        cmds.append([NVCC, "-std=c++17", f"-arch={arch}", "--cubin", "-Werror", "all-warnings",
-                     "-o", str(tmp_path / f"{src}.cubin"), str(tu)])
+        cmds.append([NVCC, "-std=c++17", *NVCC_CUPY_FLAGS, f"-arch={arch}", "--cubin", "-Werror",
+                     "all-warnings", "-o", str(tmp_path / f"{src}.cubin"), str(tu)])
     for res in _run_all(cmds):
         assert res.returncode == 0, f"{' '.join(res.args)}\n{res.stderr[-6000:]}"
         assert Path(res.args[res.args.index("-o") + 1]).stat().st_size > 0
@@ -85,11 +89,12 @@ def test_kernels_use_no_atomics(tmp_path):
     src.write_text(cl.module_source() + "\nvoid* sg_instantiated[] = {\n"
                    + ",\n".join(f"    (void*)&{n}" for n in compile_names()) + "\n};\n")
     ptx = tmp_path / "all.ptx"
-    res = subprocess.run([NVCC, "-std=c++17", "-arch=sm_80", "--ptx", "-o", str(ptx), str(src)],
-                         capture_output=True, text=True)
+    res = subprocess.run([NVCC, "-std=c++17", *NVCC_CUPY_FLAGS, "-arch=sm_80", "--ptx", "-o", str(ptx),
+                          str(src)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-6000:]
     text = ptx.read_text()
     assert text.count(".entry") >= len(compile_names())
+    assert re.search(r"\.ftz\.f32\b", text), "float arithmetic not compiled with -ftz=true"
     found = sorted(set(re.findall(r"^\s*(?:@%p\d+\s+)?((?:atom|red)\.[\w.]+)", text, flags=re.M)))
     assert not found, f"atomics in the kernels: {found}"
 
@@ -158,16 +163,26 @@ def nvrtc_compile(source: str, names: list[str], options: tuple[str, ...]) -> di
                                     ("euclidean", F32, I32, (4, 16, 1)), ("scaled_dot", F64, I64, (1, 4, 1))],
                          ids=lambda c: f"{c[0]}-{c[1].name}-{c[2].name}")
 def test_backend_module_compiles_with_nvrtc(arch, config):
-    """The exact RawModule of one configuration: module_source(), NVRTC_OPTIONS (plus
-    what CuPy adds), the name expressions of config_kernel_names(); no headers beyond
-    NVRTC's own."""
+    """The exact RawModule of one configuration: module_source(), NVRTC_OPTIONS plus what
+    CuPy adds (CUPY_ADDED_OPTIONS and the architecture, spelled as CuPy does), the name
+    expressions of config_kernel_names(); no headers beyond NVRTC's own."""
     score, dtype, index_dtype, (vec, lpe, nacc) = config
     names = cl.config_kernel_names(score, dtype, index_dtype, cl.FeatureGeometry(vec, lpe, nacc))
-    # CuPy adds -ftz=true and the architecture to every RawModule compile.
-    options = cl.NVRTC_OPTIONS + ("-ftz=true", f"--gpu-architecture={arch}")
+    options = cl.NVRTC_OPTIONS + cl.CUPY_ADDED_OPTIONS + (f"-arch={arch}",)
     lowered = nvrtc_compile(cl.module_source(), names, options)
     assert set(lowered) == set(names)
     assert all(v.startswith("_Z") for v in lowered.values())
+
+
+def test_compile_options_are_cupys():
+    """-ftz=true (CuPy adds it to every RawModule) is what the nvcc checks and the emulation
+    (MXCSR FTZ/DAZ for float kernels) reproduce; our --std stands (CuPy adds one only when
+    none is given)."""
+    assert cl.CUPY_ADDED_OPTIONS == ("-ftz=true", "--device-as-default-execution-space")
+    assert set(NVCC_CUPY_FLAGS) == set(cl.CUPY_ADDED_OPTIONS) - {"--device-as-default-execution-space"}
+    assert any(o.startswith("--std=") for o in cl.NVRTC_OPTIONS)
+    emu = (Path(__file__).parent / "cuda_emulation" / "cuda_emu.h").read_text()
+    assert "_mm_setcsr" in emu and "0x8040" in emu
 
 
 def test_module_source_inlines_every_include():

@@ -17,6 +17,7 @@ and columns, rows of hundreds of neighbours, both float dtypes and both index dt
 
 from __future__ import annotations
 
+import platform
 from dataclasses import replace
 from typing import Any
 
@@ -73,11 +74,12 @@ def small_graph(index_dtype: Any, seed: int = 0) -> CSRGraph:
 
 
 def hub_graph(index_dtype: Any, seed: int = 1) -> CSRGraph:
-    """300 x 300: rows of 300 and 280 neighbours and a column attended by every row
-    (all split into several segments of at most cl.SEGMENT_EDGES edges), empty rows,
-    a sparse rest."""
+    """600 x 600: rows of 600 and 560 neighbours and a column attended by every non-empty
+    row (about 565 destinations), all longer than the segment length of every geometry
+    they run with (512 edges for 16 groups, float32 SMALL_DIMS; 256 for 8 groups, float64),
+    so they are split and merged; empty rows, a sparse rest."""
     rng = np.random.default_rng(seed)
-    n = 300
+    n = 600
     rows = []
     for i in range(n):
         if i % 17 == 5:
@@ -86,7 +88,7 @@ def hub_graph(index_dtype: Any, seed: int = 1) -> CSRGraph:
         if i == 1:
             r = list(range(n))
         elif i == 2:
-            r = list(rng.choice(n, size=280, replace=False))
+            r = list(rng.choice(n, size=560, replace=False))
         else:
             r = list(rng.choice(np.arange(1, n), size=int(rng.integers(0, 3)), replace=False))
         rows.append(sorted(set(r) | {0}))  # column 0 is a hub column
@@ -218,13 +220,14 @@ def test_unvectorised_feature_sizes(rt, score):
 
 @pytest.mark.parametrize("score", SCORES)
 def test_hub_rows_and_columns(rt, score):
-    """Rows of 300 and 280 neighbours and a 286-destination column, split into segments
-    and merged (sg_attn_fwd_merge, sg_sum_partials); one head or two."""
+    """Rows of 600 and 560 neighbours and a column of about 565 destinations, split into
+    segments and merged (sg_attn_fwd_merge, sg_sum_partials); one head or two."""
     odd = SCORES.index(score) % 2
     dtype, index_dtype = (F64, I64) if odd else (F32, I32)
     g = hub_graph(index_dtype)
-    plan = cl.build_segment_plan(np.asarray(g.indptr), cl.SEGMENT_EDGES, g.index_dtype)
-    cplan = cl.build_segment_plan(np.asarray(g.transposed()[0]), cl.SEGMENT_EDGES, g.index_dtype)
+    chunk = _geometries(score, dtype, SMALL_DIMS)[0].segment_edges
+    plan = cl.build_segment_plan(np.asarray(g.indptr), chunk, g.index_dtype)
+    cplan = cl.build_segment_plan(np.asarray(g.transposed()[0]), chunk, g.index_dtype)
     assert plan["n_long"] == 2 and cplan["n_long"] >= 1
     check_all(rt, g, score, dtype, SMALL_DIMS, dropout=0.25, seed=5, heads=1 + odd)
 
@@ -428,6 +431,34 @@ def test_cosine_extreme_norms(rt, dtype, scale):
         assert np.all(np.isfinite(a)), name
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"),
+                    reason="the emulation flushes subnormals through x86's MXCSR only")
+def test_subnormals_flush_in_float32_only_as_with_ftz(rt):
+    """CuPy compiles with -ftz=true (cl.CUPY_ADDED_OPTIONS): float32 subnormals are zero in
+    the kernels' arithmetic, so values of 3e-39 average to out = 0 and give dv = 0 where the
+    reference (which keeps subnormals) gives 3e-39; the difference stays within the
+    subnormal range. float64 subnormals are kept, as on the GPU."""
+    assert "-ftz=true" in cl.CUPY_ADDED_OPTIONS
+    g = small_graph(I32)
+    spec = make_spec("dot")
+    tiny32 = float(np.finfo(np.float32).smallest_normal)
+    inp = make_inputs(g, "dot", F32, SMALL_DIMS, bias=False)
+    inp["v"] = np.full_like(inp["v"], tiny32 / 4)
+    dout = np.full((g.shape[0], 2, SMALL_DIMS[1]), tiny32 / 4, dtype=np.float32)
+    r_out, _, r_grads = reference(g, inp, spec, dout)
+    out, saved = cl.forward(g, inp["q"], inp["k"], inp["v"], None, None, spec, rt)
+    grads = cl.backward(g, inp["q"], inp["k"], inp["v"], None, None, spec, out, saved, dout, rt)
+    assert np.all(out == 0) and np.all(grads["v"] == 0)
+    assert np.max(np.abs(r_out)) > 0 and np.max(np.abs(r_grads["v"])) > 0
+    np.testing.assert_allclose(out, r_out, rtol=0, atol=tiny32)
+
+    inp64 = make_inputs(g, "dot", F64, SMALL_DIMS, bias=False)
+    inp64["v"] = np.full_like(inp64["v"], 1e-310)  # subnormal in float64
+    out64, _ = cl.forward(g, inp64["q"], inp64["k"], inp64["v"], None, None, spec, rt)
+    assert np.all(out64[np.diff(g.indptr) > 0] != 0)
+    np.testing.assert_allclose(out64, reference(g, inp64, spec)[0], rtol=1e-9, atol=0)
+
+
 # ---------------------------------------------------------------------- values near the dtype's max
 @pytest.mark.parametrize("dtype,index_dtype,dropout", [(F32, I32, 0.0), (F64, I64, 0.0), (F32, I32, 0.2)],
                          ids=["f32", "f64", "f32-dropout"])
@@ -435,7 +466,7 @@ def test_values_near_the_dtype_max_give_finite_exact_outputs(rt, dtype, index_dt
     """|v| near the dtype's maximum (2e38 in float32): the output is a weighted mean of the
     values, finite and equal to the reference. The accumulator is kept normalised (a sum
     of p * v before dividing by the row sum overflowed to inf), in the fused kernel, in the
-    merge of the groups and in sg_attn_fwd_merge (rows of 300 and 280 neighbours)."""
+    merge of the groups and in sg_attn_fwd_merge (rows of 600 and 560 neighbours)."""
     g = hub_graph(index_dtype)
     inp = make_inputs(g, "dot", dtype, SMALL_DIMS, seed=12)
     top = float(np.finfo(dtype).max)
@@ -457,9 +488,9 @@ def test_values_near_the_dtype_max_give_finite_exact_outputs(rt, dtype, index_dt
 
 
 def test_long_float32_row_error_does_not_grow_with_the_degree(rt):
-    """One float32 row of 100,000 edges (391 segments) against float64: the segments are
-    merged in double, so the error stays at the level of a short row (a float merge was
-    off by ~6e-7 relative here, and growing with the degree)."""
+    """One float32 row of 100,000 edges (196 segments of 16 groups) against float64: the
+    segments are merged in double, so the error stays at the level of a short row (a float
+    merge of 391 segments was off by ~6e-7 relative here, and growing with the degree)."""
     H = 2
     errors = {}
     for deg in (300, 100_000):
@@ -686,7 +717,58 @@ def test_feature_geometry(score, D, Dv, itemsize, expect):
     assert 32 % geom.lpe == 0 and geom.tiles(max(D, Dv)) * geom.tile >= max(D, Dv)
 
 
+@pytest.mark.parametrize("lpe,edges", [(32, 64), (16, 64), (8, 128), (4, 256), (2, 512), (1, 1024)])
+def test_segment_length_follows_the_group_count(lpe, edges):
+    """About SEGMENT_ITERATIONS serial steps per group: 32 * (32 / lpe) edges, at least 64."""
+    geom = cl.FeatureGeometry(4, lpe, 1)
+    assert geom.segment_edges == edges == max(cl.SEGMENT_MIN_EDGES, cl.SEGMENT_ITERATIONS * geom.groups)
+
+
+@pytest.mark.parametrize("D,n_seg", [(128, 4), (8, 1)])
+def test_calls_cut_rows_by_their_geometry(rt, D, n_seg):
+    """One row of 200 edges: with D = 128 float32 (one group of 32 lanes) four segments of
+    50 edges, merged; with D = 8 (16 groups, 512 edges a segment) a single warp, no merge."""
+    deg, H = 200, 2
+    g = CSRGraph(np.array([0, deg], np.int32), np.arange(deg, dtype=np.int32), (1, deg))
+    rng = np.random.default_rng(D)
+    q = rng.uniform(-1, 1, (1, H, D)).astype(np.float32)
+    k = rng.uniform(-1, 1, (deg, H, D)).astype(np.float32)
+    v = rng.uniform(-1, 1, (deg, H, D)).astype(np.float32)
+    spec = make_spec("dot", 0.2, seed=3)
+    rt.log.clear()
+    out, saved = cl.forward(g, q, k, v, None, None, spec, rt)
+    fwd = [grid for name, grid, _ in rt.log if name.startswith("sg_attn_fwd<")]
+    assert fwd == [(cl._cdiv(n_seg * H, cl.WARPS_PER_BLOCK), 1, 1)]
+    assert any(name.startswith("sg_attn_fwd_merge") for name, _, _ in rt.log) == (n_seg > 1)
+    inp = dict(q=q, k=k, v=v, att=None, edge_bias=None)
+    dout = rng.uniform(-1, 1, out.shape).astype(np.float32)
+    r_out, r_w, r_grads = reference(g, inp, spec, dout)
+    assert_close("out", out, r_out, F32)
+    assert_close("weights", cl.weights(g, q, k, None, None, spec, rt), r_w, F32)
+    grads = cl.backward(g, q, k, v, None, None, spec, out, saved, dout, rt)
+    for name, want in r_grads.items():
+        assert_close(f"d{name}", grads[name], want, F32)
+
+
 def test_warp_launch_geometry():
     grid, block = cl.warp_launch(10, 3, 2)
     assert block == (128, 1, 1) and grid == (8, 2, 1)  # 30 warps, 4 a block
     assert cl.elementwise_launch(10**9)[0][0] == cl.MAX_ELEMENTWISE_BLOCKS
+
+
+def test_resource_script_uses_the_launch_module():
+    """bench/cuda_resources.py takes kernel names and geometry from launch.py and covers
+    every kernel."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "cuda_resources.py"
+    spec = importlib.util.spec_from_file_location("cuda_resources_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.module_source() == cl.module_source()
+    assert set(mod.ATTENTION + mod.HELPERS) == set(cl.KERNEL_FILES)
+    g = cl.feature_geometry("dot", 128, 128, 4)
+    assert mod.geometry("dot", 128, 128, 4)["segment_edges"] == g.segment_edges
+    assert mod.attention_kernel_name("sg_attn_fwd", "dot", F32, I32, g.vec, g.nacc) == \
+        cl.attention_kernel_name("sg_attn_fwd", "dot", F32, I32, g)

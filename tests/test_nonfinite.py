@@ -338,3 +338,65 @@ def test_cuda_emulated_empty_rows_keep_zero_statistics(emulated):
     _check_forward_result(spec, F32, saved, out, True)
     assert np.all(out[1] == 0) and np.all(saved[ROW_MAX][1] == 0) and np.all(saved[ROW_LOG_DENOM][1] == 0)
     assert np.all(saved[ROW_LOG_DENOM][[0, 3]] > 0)  # rows of several edges: log l > 0
+
+
+def _minus_inf_row_case(long_row: bool):
+    """Row 0 with every edge_bias -inf (all its scores -inf), row 3 with one -inf score
+    among finite ones; ``long_row``: row 0 has 300 edges, two segments of the emulated
+    geometry (D = 4, Dv = 3: 8 groups, 256 edges a segment), so sg_attn_fwd_merge saves
+    its statistics."""
+    n_src = 300 if long_row else 3
+    first = list(range(n_src)) if long_row else [0, 1, 2]
+    rows = [first, [], [1], [0, 2]]
+    indptr = np.cumsum([0] + [len(r) for r in rows])
+    g = sg.CSRGraph(indptr, np.array([j for r in rows for j in r]), (4, n_src)).with_index_dtype(np.int32)
+    rng = np.random.default_rng(5)
+    a = dict(q=rng.uniform(-1, 1, (4, H, D)).astype(F32), k=rng.uniform(-1, 1, (n_src, H, D)).astype(F32),
+             v=rng.uniform(-1, 1, (n_src, H, DV)).astype(F32), att=None,
+             edge_bias=rng.uniform(-1, 1, (g.nnz, H)).astype(F32))
+    a["edge_bias"][:len(first)] = -np.inf   # row 0: every score -inf
+    a["edge_bias"][-1, 0] = -np.inf         # row 3, head 0: one -inf score, one finite
+    return g, a
+
+
+@pytest.mark.cuda_emulated
+@pytest.mark.parametrize("long_row", [False, True], ids=["one-segment", "merged"])
+def test_cuda_emulated_minus_inf_rows_match_the_reference(emulated, long_row):
+    """(check_finite=False inputs) A row whose scores are all -inf saves what the numpy
+    backend saves, ROW_MAX = -inf and ROW_LOG_DENOM = NaN (not the 0, 0 of an empty row),
+    in the fused kernel and in the merge of a row's segments, so the shared boundary check
+    refuses it for every backend; a single -inf score beside a finite one has weight 0."""
+    from sparsegat.attention import _check_forward_result
+    from sparsegat.backends import numpy as ref
+    from sparsegat.spec import ROW_LOG_DENOM, ROW_MAX
+
+    cl, rt = emulated
+    g, a = _minus_inf_row_case(long_row)
+    spec = AttentionSpec("dot")
+    args = (g, a["q"], a["k"], a["v"], None, a["edge_bias"], spec)
+    out, saved = cl.forward(*args, rt)
+    r_out, r_saved = ref.forward(*args)
+    assert np.all(saved[ROW_MAX][0] == -np.inf) and np.all(np.isnan(saved[ROW_LOG_DENOM][0]))
+    for key in (ROW_MAX, ROW_LOG_DENOM):
+        np.testing.assert_array_equal(saved[key][0], r_saved[key][0], err_msg=key)
+        assert np.all(saved[key][1] == 0), key  # the empty row
+        np.testing.assert_allclose(saved[key][2:], r_saved[key][2:], rtol=1e-6, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(out[1:], r_out[1:], rtol=1e-5, atol=1e-6)
+    for stats, result in ((saved, out), (r_saved, r_out)):
+        with pytest.raises(ValueError, match=r"the 'dot' scores of row 0 \(head 0\) overflowed float32"):
+            _check_forward_result(spec, F32, stats, result, False)
+    w = cl.weights(g, a["q"], a["k"], None, a["edge_bias"], spec, rt)
+    r_w = ref.weights(g, a["q"], a["k"], None, a["edge_bias"], spec)
+    assert w[-1, 0] == 0 and r_w[-1, 0] == 0 and w[-2, 0] == 1 and r_w[-2, 0] == 1
+    np.testing.assert_array_equal(np.isnan(w), np.isnan(r_w))
+    np.testing.assert_allclose(w[-3:], r_w[-3:], rtol=1e-6, atol=1e-7)  # rows 2 and 3
+
+
+@pytest.mark.parametrize("long_row", [False, True], ids=["one-segment", "merged"])
+def test_all_minus_inf_row_is_refused_by_the_reference(long_row):
+    """The public boundary with check_finite=False: the numpy backend's statistics of the
+    all -inf row are refused (the CUDA backend saves the same, test above)."""
+    g, a = _minus_inf_row_case(long_row)
+    with pytest.raises(ValueError, match=r"the 'dot' scores of row 0 \(head 0\) overflowed float32"):
+        sg.attention_forward(g, a["q"], a["k"], a["v"], edge_bias=a["edge_bias"], backend="numpy",
+                             check_finite=False)

@@ -68,8 +68,13 @@ def record_forward(g: Any, q: Any, k: Any, v: Any, *, score: str, negative_slope
     return replay
 
 
-def row_segments(g: Any) -> int:
-    """Segments of the CUDA backend's row plan of ``g`` (its public planner, run on the host)."""
+def row_segments(g: Any, score: str = "dot", D: int = 1, Dv: int = 1, dtype: Any = "float32") -> int:
+    """Segments of the CUDA backend's row plan of ``g`` for a call of ``score`` with feature
+    sizes ``D`` (1 for additive) and ``Dv`` in ``dtype`` (its public planner, run on the host):
+    the segment length follows the call's lane geometry."""
+    import numpy as np
+
     from ..backends.cuda import launch
 
-    return int(launch.build_segment_plan(to_numpy(g.indptr), launch.SEGMENT_EDGES, g.index_dtype)["n_seg"])
+    geom = launch.feature_geometry(score, D, Dv, np.dtype(dtype).itemsize)
+    return int(launch.build_segment_plan(to_numpy(g.indptr), geom.segment_edges, g.index_dtype)["n_seg"])

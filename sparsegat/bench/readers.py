@@ -180,7 +180,7 @@ def _from_csr_arrays(path: str, arrays: dict[str, np.ndarray]) -> CSRGraph:
     check_node_counts(path, int(indices.size), n_src=n_src)  # n_dst is backed by indptr's length
     check_csr(indptr, indices, (n_dst, n_src), name=path, dims=("n_dst", "n_src"))
     return CSRGraph.from_edge_index(indices.astype(np.int64), row_ids(indptr, np.int64),
-                                    num_src=n_src, num_dst=n_dst)
+                                    num_src=n_src, num_dst=n_dst, duplicates="merge")
 
 
 def _read_mtx(path: str) -> CSRGraph:
@@ -289,7 +289,7 @@ def _read_edge_list(path: str) -> CSRGraph:
     n = max(max(src), max(dst)) + 1
     check_node_counts(path, len(src), nodes=n)
     return CSRGraph.from_edge_index(np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64),
-                                    num_src=n, num_dst=n)
+                                    num_src=n, num_dst=n, duplicates="merge")
 
 
 def _reason(exc: BaseException) -> str:

@@ -471,3 +471,65 @@ def cpu_threads() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------- running out of device memory
+#: Texts by which an error says that the device ran out of memory. PyTorch raises
+#: several as a plain ``RuntimeError`` (a cuBLAS handle or workspace, a failed kernel
+#: launch), CuPy as ``CUDARuntimeError`` or ``CUBLASError``; matched case-insensitively.
+OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUSPARSE_STATUS_ALLOC_FAILED",
+               "CUSOLVER_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation",
+               "CUDA_ERROR_OUT_OF_MEMORY")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out (host or device, any library).
+
+    ``MemoryError`` (CuPy's ``OutOfMemoryError`` is one), PyTorch's
+    ``OutOfMemoryError``, and any error whose message holds one of :data:`OOM_MARKERS`.
+    """
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return any(marker.lower() in text for marker in OOM_MARKERS)
+
+
+def free_device_memory() -> None:
+    """Give the device memory that CuPy's pools and PyTorch's cache hold unused back to the driver.
+
+    Collects garbage first (cycles, such as a traceback's frames, can hold arrays), so
+    that what is unreachable is freed; a library that was never imported is left alone.
+    Between the two sides of a comparison, this keeps one library's idle blocks from
+    making the other run out of memory.
+    """
+    import sys
+
+    gc.collect()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and hasattr(cupy, "get_default_memory_pool"):
+        cupy.cuda.Device().synchronize()
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def call_unless_oom(fn: Callable[[], Any], free: Callable[[], None] = free_device_memory) -> tuple[Any, str | None]:
+    """``(fn(), None)``, or ``(None, message)`` when ``fn`` runs out of memory.
+
+    After an out-of-memory error, ``free()`` runs once the exception is gone (its
+    traceback holds the frames, and so the arrays, of the failed call), so that the
+    next measurement starts with the memory the failed one held. Other errors propagate.
+    The message is the first line of the error, after its type name.
+    """
+    try:
+        return fn(), None
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled
+        if not is_out_of_memory(exc):
+            raise
+        lines = str(exc).strip().splitlines()
+        message = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    free()
+    return None, message

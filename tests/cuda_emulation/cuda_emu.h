@@ -18,7 +18,11 @@
 //     value the source lane passed in the same call;
 //   * a thread that returns from the kernel leaves its warp's and block's barriers
 //     (as exited threads do on a GPU), so whole warps may exit early;
-//   * a few math functions and intrinsics (rsqrt, __expf, __ldg, ...).
+//   * a few math functions and intrinsics (rsqrt, __expf, __ldg, ...);
+//   * -ftz=true, which CuPy adds to every RawModule compile: on x86 the threads of a
+//     kernel that takes float arguments run with MXCSR's FTZ and DAZ bits set, so
+//     float32 subnormal inputs and results are zero, as on the GPU (see
+//     set_subnormal_flushing for why double kernels keep their subnormals).
 // What is not: partial-warp shuffles (every live lane of the warp must take part
 // in every warp collective, with any mask), dynamic shared memory, atomics (there
 // are none on purpose: sparsegat's kernels are deterministic without them, and a
@@ -46,6 +50,9 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sched.h>
@@ -248,6 +255,34 @@ inline unsigned collect_bits(int pred) {
   return bits;
 }
 
+// ------------------------------------------------------------------ subnormals
+// -ftz=true makes the GPU flush float32 subnormals to zero, as inputs and as results
+// of float arithmetic and of double -> float conversions (float -> double too:
+// cvt.ftz.f64.f32); double arithmetic keeps its subnormals. MXCSR's FTZ (bit 15) and
+// DAZ (bit 6) flush every SSE operation, double ones too, so they are set only for
+// kernels instantiated for float (any float or float* parameter) and cleared for
+// double kernels, whose results then match the GPU's. The one difference left: the
+// double sums of sg_attn_fwd_merge<float> flush here below 2.2e-308 and not on the
+// GPU; such terms are added to a denominator >= 1 or rounded to float afterwards, so
+// no float output can differ. Elsewhere than x86 the emulation keeps subnormals.
+template <typename X>
+struct is_float_param
+    : std::is_same<typename std::remove_cv<typename std::remove_pointer<X>::type>::type, float> {};
+
+template <typename... P>
+constexpr bool takes_float() {
+  return (false || ... || is_float_param<P>::value);
+}
+
+inline void set_subnormal_flushing(bool on) {
+#if defined(__x86_64__) || defined(__i386__)
+  const unsigned ftz_daz = 0x8040u;
+  _mm_setcsr(on ? (_mm_getcsr() | ftz_daz) : (_mm_getcsr() & ~ftz_daz));
+#else
+  (void)on;
+#endif
+}
+
 // ------------------------------------------------------------------ launching
 // Runs the grid's blocks one after another (so __shared__ statics are per block) on
 // one team of blockDim OS threads that is reused from block to block.
@@ -261,6 +296,7 @@ void launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args) {
   Block blk((int)nthreads);
   Barrier between((int)nthreads);  // every thread finishes block b before block b + 1 starts
   auto worker = [&](unsigned t) {
+    set_subnormal_flushing(takes_float<P...>());  // each thread: MXCSR is per thread
     threadIdx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
     blockDim = block;
     gridDim = grid;

@@ -1,8 +1,12 @@
 // Launching emulated kernels by name from Python (ctypes), with cuLaunchKernel's
 // calling convention: args[i] points to the value of parameter i. Each argument
-// comes with a type code ("i4", "i8", "u8", "f4", "f8"; "*f4" etc. for arrays,
-// "*0" for a null pointer), checked against the kernel's C parameter types, so the
-// tests catch a launch that passes, say, an int64 where the kernel takes an int.
+// comes with a type code ("i4", "i8", "u8", "f4", "f8"; "*f4" etc. for arrays),
+// checked against the kernel's C parameter types, so the tests catch a launch that
+// passes, say, an int64 where the kernel takes an int. A null pointer is passed as
+// CuPy passes it on every version: a "u8" zero (launch.NULL, 8 zero bytes, which the
+// kernel reads as nullptr); a nonzero "u8" for a pointer is refused (an address from
+// nowhere). The harness refuses None before it gets here (CuPy < 14 passes None as a
+// non-null pointer).
 //
 // A generated translation unit includes the .cu sources and this header, then
 // defines the table with SG_EMU_ENTRY("name<...>") for each name expression.
@@ -32,9 +36,16 @@ template <typename P> std::string arg_code() {
   return ArgCode<typename std::remove_cv<typename std::remove_reference<P>::type>::type>::get();
 }
 
-inline bool code_matches(const std::string& expected, const char* given) {
-  if (expected == given) return true;
-  return expected[0] == '*' && std::strcmp(given, "*0") == 0;  // null pointer
+static_assert(sizeof(void*) == sizeof(unsigned long long), "a u8 zero must read as a null pointer");
+
+// Empty when the argument fits the parameter, else why not.
+inline std::string arg_mismatch(const std::string& expected, const char* given, const void* value) {
+  if (expected == given) return std::string();
+  if (expected[0] == '*' && std::strcmp(given, "u8") == 0) {
+    if (*static_cast<const unsigned long long*>(value) == 0) return std::string();  // launch.NULL
+    return "kernel parameter is " + expected + ", got a nonzero u8 (pass an array or launch.NULL)";
+  }
+  return "kernel parameter is " + expected + ", got " + given;
 }
 
 using LaunchFn = int (*)(const unsigned*, const unsigned*, int, void**, const char**, char*, int);
@@ -54,8 +65,9 @@ int launch_packed(void (*kernel)(P...), const unsigned* grid, const unsigned* bl
   }
   const std::string expected[] = {arg_code<P>()..., std::string()};
   for (int i = 0; i < nargs; ++i) {
-    if (!code_matches(expected[i], codes[i])) {
-      std::snprintf(err, errlen, "argument %d: kernel parameter is %s, got %s", i, expected[i].c_str(), codes[i]);
+    const std::string why = arg_mismatch(expected[i], codes[i], args[i]);
+    if (!why.empty()) {
+      std::snprintf(err, errlen, "argument %d: %s", i, why.c_str());
       return 2;
     }
   }

@@ -40,6 +40,27 @@ _CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int6
            np.dtype(np.float64): ctypes.c_double}
 
 
+def _marshal(name: str, i: int, a: Any) -> tuple[str, Any]:
+    """(type code, ctypes holder of the value) of launch argument ``i``, as CuPy passes it.
+
+    Arrays pass their address ("*f4" etc.), NumPy scalars their value ("i4", "u8", ...);
+    the registry checks the codes against the kernel's parameters and takes a "u8" zero
+    (``launch.NULL``) for a null pointer. ``None`` is refused: CuPy before 14.0 passes it
+    as a pointer to an empty slot, non-null garbage (cupy/cupy#9046).
+    """
+    if a is None:
+        raise TypeError(f"{name}: argument {i} is None; CuPy < 14 passes None as a non-null "
+                        f"pointer (cupy/cupy#9046); pass launch.NULL")
+    if isinstance(a, np.ndarray):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: argument {i} is not C-contiguous")
+        return "*" + _CODES[a.dtype], ctypes.c_void_p(a.ctypes.data)
+    if isinstance(a, np.generic) and a.dtype in _CTYPES:
+        return _CODES[a.dtype], _CTYPES[a.dtype](a.item())
+    raise TypeError(f"{name}: argument {i} is {type(a).__name__}; kernels take arrays or NumPy "
+                    f"scalars of their exact C types (launch.NULL for an absent array)")
+
+
 def compiler_available() -> bool:
     return shutil.which(CXX) is not None
 
@@ -151,22 +172,9 @@ class EmulatedRuntime:
             raise ValueError(f"{name}: empty launch grid={grid} block={block}")
         if int(grid[1]) > 65535 or int(grid[2]) > 65535 or int(grid[0]) > 2**31 - 1:
             raise ValueError(f"{name}: grid {grid} exceeds CUDA limits")
-        holders, codes = [], []
-        for i, a in enumerate(args):
-            if a is None:
-                codes.append("*0")
-                holders.append(ctypes.c_void_p(None))
-            elif isinstance(a, np.ndarray):
-                if not a.flags.c_contiguous:
-                    raise ValueError(f"{name}: argument {i} is not C-contiguous")
-                codes.append("*" + _CODES[a.dtype])
-                holders.append(ctypes.c_void_p(a.ctypes.data))
-            elif isinstance(a, np.generic) and a.dtype in _CTYPES:
-                codes.append(_CODES[a.dtype])
-                holders.append(_CTYPES[a.dtype](a.item()))
-            else:
-                raise TypeError(f"{name}: argument {i} is {type(a).__name__}; kernels take arrays, "
-                                f"None or NumPy scalars of their exact C types")
+        marshalled = [_marshal(name, i, a) for i, a in enumerate(args)]
+        codes = [code for code, _ in marshalled]
+        holders = [holder for _, holder in marshalled]  # alive until the launch returns
         n = len(args)
         argv = (ctypes.c_void_p * n)(*[ctypes.addressof(h) for h in holders])
         cv = (ctypes.c_char_p * n)(*[c.encode() for c in codes])

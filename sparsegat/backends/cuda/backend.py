@@ -9,7 +9,15 @@ which the emulated tests run on the CPU; this module only adds CuPy: compiling a
 caching modules, launching kernels, allocating arrays.
 
 Compiled modules are memoised per device and kernel configuration (score, dtypes,
-vector width, tile); CuPy also caches the binaries on disk, keyed by the source text.
+vector width, tile) for the life of the process. Across processes only CuPy's disk
+cache (``CUPY_CACHE_DIR``) can help, and it reads these modules (built with
+``name_expressions``) back only from CuPy 14.2 on, which the ``cuda12``/``cuda13``
+extras ask for: older CuPy compiles every configuration again with NVRTC in every
+process, about 0.75 s each. See "Compilation and caching" in ``docs/cuda.md``.
+
+Every launch passes absent arrays as :data:`launch.NULL` (``np.uint64(0)``): CuPy before
+14.0 turns ``None`` into a non-null garbage pointer (cupy/cupy#9046), so
+:meth:`CupyRuntime.launch` refuses ``None`` outright.
 
 This module imports CuPy; the registry imports it only when CuPy arrays or
 ``backend="cupy"`` are used. See ``docs/cuda.md``.
@@ -57,6 +65,7 @@ class CupyRuntime:
         _MODULES[key] = module
 
     def launch(self, name: str, grid: tuple, block: tuple, args: tuple) -> None:
+        _refuse_none(name, args)
         kernel = _FUNCTIONS.get((self._device(), name))
         if kernel is None:
             self.prepare([name])
@@ -66,6 +75,14 @@ class CupyRuntime:
     @staticmethod
     def pointer(a: Any) -> int:
         return int(a.data.ptr)
+
+
+def _refuse_none(name: str, args: tuple) -> None:
+    """Raise TypeError if a launch argument is None (a garbage pointer on CuPy < 14)."""
+    for i, a in enumerate(args):
+        if a is None:
+            raise TypeError(f"{name}: argument {i} is None; CuPy < 14 passes None as a non-null "
+                            f"pointer (cupy/cupy#9046); pass launch.NULL")
 
 
 _RUNTIME = CupyRuntime()

@@ -332,13 +332,12 @@ template <typename T, typename I>
 __global__ void __launch_bounds__(256)
 sg_sum_partials(const I* __restrict__ long_row, const I* __restrict__ long_ptr, long long n_long,
                 int H, int F, const T* __restrict__ part, T* __restrict__ dst) {
-  const long long total = n_long * H * F;
-  const long long step = (long long)gridDim.x * blockDim.x;
-  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const int d = (int)(idx % F);
-    const long long rhi = idx / F;
-    const int h = (int)(rhi % H);
-    const long long r = rhi / H;
+  if (H <= 0 || F <= 0) return;
+  sg::ItemWalk w;
+  for (w.begin(H, F); w.item < n_long; w.next()) {
+    const int d = (int)w.d;
+    const int h = (int)w.h;
+    const long long r = w.item;
     T acc = T(0);
     for (long long s = (long long)long_ptr[r]; s < (long long)long_ptr[r + 1]; ++s)
       acc += part[(s * H + h) * F + d];

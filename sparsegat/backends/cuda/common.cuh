@@ -46,7 +46,11 @@ __device__ __forceinline__ double sg_log(double x) { return log(x); }
 __device__ __forceinline__ float sg_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double sg_sqrt(double x) { return sqrt(x); }
 
-template <typename T> __device__ __forceinline__ T sg_max(T a, T b) { return a > b ? a : b; }
+// max that propagates NaN from either side. `a > b ? a : b` drops a NaN in a but keeps
+// one in b, so the two lanes of a butterfly step (max(x, y) on one, max(y, x) on the
+// other) could end with different values and branch apart around a full-mask shuffle
+// (sg_unit_rows). Here both get NaN, and every lane of a reduction the same value.
+template <typename T> __device__ __forceinline__ T sg_max(T a, T b) { return (a > b || a != a) ? a : b; }
 __device__ __forceinline__ long long sg_min_ll(long long a, long long b) { return a < b ? a : b; }
 
 // LeakyReLU and its derivative; at z == 0 the slope branch (docs/math.md).
@@ -127,29 +131,35 @@ __device__ __forceinline__ bool keep_edge(unsigned long long seed_key, unsigned 
 //                                            q / max(|q|, eps), see sg_unit_rows)
 //   euclidean:               t0 = sum (q - k)^2
 //   gatv2:                   t0 = sum att * LeakyReLU(q + k)
+// t0 += the score terms of one pack.
+template <typename T, int SCORE, int VEC>
+__device__ __forceinline__ void score_terms(T& t0, const T (&qv)[VEC], const T (&kv)[VEC], const T (&av)[VEC],
+                                            T slope) {
+  if (SCORE == GATV2) {
+#pragma unroll
+    for (int u = 0; u < VEC; ++u) t0 += av[u] * lrelu(qv[u] + kv[u], slope);
+  } else if (SCORE == EUCLIDEAN) {
+#pragma unroll
+    for (int u = 0; u < VEC; ++u) {
+      const T diff = qv[u] - kv[u];
+      t0 += diff * diff;
+    }
+  } else {
+#pragma unroll
+    for (int u = 0; u < VEC; ++u) t0 += qv[u] * kv[u];
+  }
+}
+
 template <typename T, int SCORE, int VEC>
 __device__ __forceinline__ T score_partial(const T* __restrict__ qr, const T* __restrict__ kr,
                                            const T* __restrict__ ar, int D, int lig, int lpe, T slope) {
   T t0 = T(0);
   for (int d = lig * VEC; d < D; d += lpe * VEC) {
-    T qv[VEC], kv[VEC];
+    T qv[VEC], kv[VEC], av[VEC];
     load_pack(qr + d, qv);
     load_pack(kr + d, kv);
-    if (SCORE == GATV2) {
-      T av[VEC];
-      load_pack(ar + d, av);
-#pragma unroll
-      for (int u = 0; u < VEC; ++u) t0 += av[u] * lrelu(qv[u] + kv[u], slope);
-    } else if (SCORE == EUCLIDEAN) {
-#pragma unroll
-      for (int u = 0; u < VEC; ++u) {
-        const T diff = qv[u] - kv[u];
-        t0 += diff * diff;
-      }
-    } else {
-#pragma unroll
-      for (int u = 0; u < VEC; ++u) t0 += qv[u] * kv[u];
-    }
+    if (SCORE == GATV2) load_pack(ar + d, av);
+    score_terms<T, SCORE, VEC>(t0, qv, kv, av, slope);
   }
   return t0;
 }
@@ -170,18 +180,60 @@ __device__ __forceinline__ T warp_max(T x) {
   return x;
 }
 
+// ------------------------------------------------------------------ element-wise walks
+// Grid-stride loop of an element-wise kernel over an (n_items, H, F) index space, kept
+// as a mixed-radix counter (item, h, d): the thread's start and the grid's stride are
+// split once with 32-bit divisions, each step is then additions and carries. A flat
+// 64-bit index would cost a 64-bit division and remainder per element (slow
+// subroutines). Only the item is 64-bit (it may count edges). The launch keeps
+// gridDim.x * blockDim.x below 2^32 (launch.elementwise_launch: at most 65535 blocks of
+// 256 threads); H, F >= 1.
+struct ItemWalk {
+  long long item, step_item;
+  unsigned h, d, step_h, step_d, H, F;
+
+  __device__ __forceinline__ void split(unsigned x, long long& it, unsigned& hh, unsigned& dd) const {
+    const unsigned t = x / F;
+    dd = x - t * F;
+    const unsigned u = t / H;
+    hh = t - u * H;
+    it = (long long)u;
+  }
+  __device__ __forceinline__ void begin(int H_, int F_) {
+    H = (unsigned)H_;
+    F = (unsigned)F_;
+    split(blockIdx.x * blockDim.x + threadIdx.x, item, h, d);
+    split(gridDim.x * blockDim.x, step_item, step_h, step_d);
+  }
+  // d + step_d < 2F and h + step_h + carry < 2H: one conditional subtraction each.
+  __device__ __forceinline__ void next() {
+    d += step_d;
+    const unsigned cd = d >= F ? 1u : 0u;
+    if (cd) d -= F;
+    h += step_h + cd;
+    const unsigned ch = h >= H ? 1u : 0u;
+    if (ch) h -= H;
+    item += step_item + (long long)ch;
+  }
+};
+
 // The warp's (segment, head) item; whole warps leave together when out of range.
 struct WarpItem {
   long long seg;
   int h;
 };
 
+// Warp w = blockIdx.x * wpb + wi is item (w / H, w % H); w may pass 2^32, so it is
+// split as blockIdx.x = bq * H + br: w / H = bq * wpb + (br * wpb + wi) / H, with two
+// 32-bit divisions instead of a 64-bit one.
 __device__ __forceinline__ bool warp_item(long long n_seg, int H, WarpItem& it) {
-  const long long w = (long long)blockIdx.x * (long long)(blockDim.x >> 5) + (long long)(threadIdx.x >> 5);
-  if (w >= n_seg * (long long)H) return false;
-  it.seg = w / H;
-  it.h = (int)(w - it.seg * H);
-  return true;
+  const unsigned wpb = blockDim.x >> 5, uH = (unsigned)H;
+  const unsigned bq = blockIdx.x / uH, br = blockIdx.x - bq * uH;
+  const unsigned t = br * wpb + (threadIdx.x >> 5);  // < H * wpb
+  const unsigned tq = t / uH;
+  it.seg = (long long)bq * wpb + tq;
+  it.h = (int)(t - tq * uH);
+  return it.seg < n_seg;
 }
 
 // A lane's place in the warp-per-segment decomposition: head h, lane, G = 32 / lpe

@@ -25,9 +25,10 @@
 // Outputs for a row held by a single segment (seg_slot < 0): out = keep_scale * acc, and
 // the row's softmax statistics rmax (the max score) and rlog (log of sum exp(s - rmax)),
 // kept apart so that p = exp((s - rmax) - rlog) stays accurate when |rmax| is huge.
-// They are saved as computed for every non-empty row: a row whose scores overflowed
-// (a NaN, or every score -inf so that l = 0) saves a NaN or -inf that the public
-// boundary refuses; only an empty row saves 0 and 0.
+// They are saved as computed for every non-empty row: a row with a NaN score saves NaN;
+// a row whose scores are all -inf (l = 0) saves what the reference saves there,
+// rmax = -inf and rlog = NaN (its -inf - -inf); the public boundary refuses either.
+// Only an empty row saves 0 and 0.
 // For a row split over several segments: part_acc (slot, H, Dv), the segment's
 // normalised acc, and part_ml (slot, H, 2) = (m, l) for sg_attn_fwd_merge.
 // For cosine, q and k are the unit rows made by sg_unit_rows.
@@ -73,6 +74,38 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
 #pragma unroll
   for (int it = 0; it < NACC; ++it) zero_pack(acc[it]);
 
+  // One edge's online-softmax update (edge e, score s before the bias, values vj).
+  auto update = [&](long long e, T s, const T (&vj)[NACC][VEC]) {
+    if (bias != nullptr) s += bias[e * H + h];
+    if (scores != nullptr && first_tile && lig == 0) scores[e * H + h] = s;
+    const bool kp = keep_edge(seed_key, threshold, e, H, h);
+    const T mn = sg_max(m, s);
+    const T sc = sg_exp(m - mn);
+    const T p = sg_exp(s - mn);
+    const T ls = l * sc;
+    const T ln = ls + p;
+    // l_new is 0 only while every score so far is -inf (acc is 0 then); NaN propagates.
+    const T inv = ln != T(0) ? T(1) / ln : T(0);
+    const T fa = ls * inv;                   // l_old * sc / l_new
+    const T fb = kp ? p * inv : T(0);        // keep * p / l_new
+    l = ln;
+    m = mn;
+#pragma unroll
+    for (int it = 0; it < NACC; ++it) {
+#pragma unroll
+      for (int u = 0; u < VEC; ++u) acc[it][u] = acc[it][u] * fa + fb * vj[it][u];
+    }
+  };
+  // This lane's value vectors of the edge to source row jh (zeros outside the tile).
+  auto load_values = [&](bool valid, long long jh, T (&vj)[NACC][VEC]) {
+#pragma unroll
+    for (int it = 0; it < NACC; ++it) {
+      const int d = f0 + it * stride + lig * VEC;
+      if (valid && d < Dv) load_pack(v + jh * Dv + d, vj[it]);
+      else zero_pack(vj[it]);
+    }
+  };
+
   for (long long base = beg; base < end; base += 32) {
     const int cnt = (int)sg_min_ll(32, end - base);
     // Column indices of up to 32 edges at once; broadcast to the groups by shuffles.
@@ -81,16 +114,10 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
       const int idx = t + g;
       const bool valid = idx < cnt;
       const long long j = (long long)__shfl_sync(SG_FULL_MASK, my_col, idx);
-      const long long e = base + idx;
       const long long jh = j * H + h;
       // Issue the value loads first: they do not depend on the score.
       T vj[NACC][VEC];
-#pragma unroll
-      for (int it = 0; it < NACC; ++it) {
-        const int d = f0 + it * stride + lig * VEC;
-        if (valid && d < Dv) load_pack(v + jh * Dv + d, vj[it]);
-        else zero_pack(vj[it]);
-      }
+      load_values(valid, jh, vj);
       T s;
       if (SCORE == ADDITIVE) {
         s = lrelu(qa + k[jh], slope);
@@ -98,27 +125,7 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
         const T t0 = group_sum(score_partial<T, SCORE, VEC>(qr, k + jh * D, ar, D, lig, lpe, slope), lpe);
         s = score_value<T, SCORE>(t0, tau, rscale);
       }
-      if (valid) {
-        if (bias != nullptr) s += bias[e * H + h];
-        if (scores != nullptr && first_tile && lig == 0) scores[e * H + h] = s;
-        const bool kp = keep_edge(seed_key, threshold, e, H, h);
-        const T mn = sg_max(m, s);
-        const T sc = sg_exp(m - mn);
-        const T p = sg_exp(s - mn);
-        const T ls = l * sc;
-        const T ln = ls + p;
-        // l_new is 0 only while every score so far is -inf (acc is 0 then); NaN propagates.
-        const T inv = ln != T(0) ? T(1) / ln : T(0);
-        const T fa = ls * inv;                   // l_old * sc / l_new
-        const T fb = kp ? p * inv : T(0);        // keep * p / l_new
-        l = ln;
-        m = mn;
-#pragma unroll
-        for (int it = 0; it < NACC; ++it) {
-#pragma unroll
-          for (int u = 0; u < VEC; ++u) acc[it][u] = acc[it][u] * fa + fb * vj[it][u];
-        }
-      }
+      if (valid) update(base + idx, s, vj);
     }
   }
 
@@ -162,11 +169,14 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
       }
     }
     if (first_tile && lig == 0) {
-      // Every non-empty row saves its statistics as they are (a NaN, or log 0 = -inf
-      // when every score is -inf, is refused by the boundary); an empty row saves 0, 0.
+      // Every non-empty row saves its statistics as they are; an empty row saves 0, 0.
+      // Every score -inf: m is still the finite start value and l = 0, so save the
+      // reference's max -inf (log 0) and its log-denominator NaN (-inf - -inf).
       const bool any = end > beg;
-      rmax[rh] = any ? m : T(0);
-      rlog[rh] = any ? sg_log(l) : T(0);
+      const T lg = sg_log(l);
+      const bool none = l == T(0);
+      rmax[rh] = any ? (none ? lg : m) : T(0);
+      rlog[rh] = any ? (none ? lg - lg : lg) : T(0);
     }
   } else {
     const long long sh = slot * H + h;
@@ -188,7 +198,8 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
 // overflows only when the result does), rmax = M, rlog = log L. The weights and the
 // sums are taken in double, so that the rounding error of a float row of many
 // segments does not grow with its degree. A segment whose l or m is NaN makes the row
-// NaN (never dropped); L = 0 (every score -inf) saves rlog = -inf and out = 0.
+// NaN (never dropped); L = 0 (every score -inf) saves out = 0 and, as the single-segment
+// path and the reference, rmax = -inf and rlog = NaN.
 // A thread per (long row, head, feature); F = max(Dv, 1) so the statistics are
 // written with Dv = 0 too.
 template <typename T, typename I>
@@ -198,13 +209,12 @@ sg_attn_fwd_merge(const I* __restrict__ long_row, const I* __restrict__ long_ptr
                   T keep_scale, T* __restrict__ out, T* __restrict__ rmax, T* __restrict__ rlog) {
   using namespace sg;
   const int F = Dv > 0 ? Dv : 1;
-  const long long total = n_long * H * F;
-  const long long step = (long long)gridDim.x * blockDim.x;
-  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const int d = (int)(idx % F);
-    const long long rhi = idx / F;
-    const int h = (int)(rhi % H);
-    const long long r = rhi / H;
+  if (H <= 0) return;
+  ItemWalk w;
+  for (w.begin(H, F); w.item < n_long; w.next()) {
+    const int d = (int)w.d;
+    const int h = (int)w.h;
+    const long long r = w.item;
     const long long s0 = (long long)long_ptr[r], s1 = (long long)long_ptr[r + 1];
     T M = Num<T>::lowest();
     for (long long s = s0; s < s1; ++s) M = sg_max(M, part_ml[2 * (s * H + h)]);
@@ -225,8 +235,10 @@ sg_attn_fwd_merge(const I* __restrict__ long_row, const I* __restrict__ long_ptr
       out[rh * Dv + d] = (T)(o * (double)keep_scale);
     }
     if (d == 0) {
-      rmax[rh] = M;
-      rlog[rh] = (T)sg_log(L);
+      const T lg = (T)sg_log(L);
+      const bool none = L == 0.0;
+      rmax[rh] = none ? lg : M;
+      rlog[rh] = none ? lg - lg : lg;
     }
   }
 }
@@ -239,11 +251,12 @@ sg_attn_weights_fin(const I* __restrict__ row_ids, long long nnz, int H, const T
                     unsigned long long seed_key, unsigned long long threshold, T keep_scale,
                     T* __restrict__ w) {
   using namespace sg;
-  const long long total = nnz * H;
-  const long long step = (long long)gridDim.x * blockDim.x;
-  for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += step) {
-    const long long e = idx / H;
-    const int h = (int)(idx - e * H);
+  if (H <= 0) return;
+  ItemWalk wk;
+  for (wk.begin(H, 1); wk.item < nnz; wk.next()) {
+    const long long e = wk.item;
+    const int h = (int)wk.h;
+    const long long idx = e * H + h;
     const long long row = (long long)row_ids[e];
     const long long rh = row * H + h;
     const T p = sg_exp((w[idx] - rmax[rh]) - rlog[rh]);

@@ -33,10 +33,17 @@ WARPS_PER_BLOCK = 4
 ELEMENTWISE_THREADS = 256
 #: Largest grid.x used by the grid-stride element-wise kernels.
 MAX_ELEMENTWISE_BLOCKS = 65535
-#: A row (or a column of the transposed structure) with more edges than this is split
-#: into segments of at most this many edges, each handled by its own warp; the
-#: per-segment partials are merged in segment order (deterministic).
-SEGMENT_EDGES = 256
+#: A row (or a column of the transposed structure) with more edges than a call's
+#: segment length (``FeatureGeometry.segment_edges``) is split into segments of at most
+#: that many edges, each handled by its own warp; the per-segment partials are merged in
+#: segment order (deterministic). The length is SEGMENT_ITERATIONS serial steps of each
+#: of the G = 32 / lpe groups of lanes, 32 * G edges (a fixed 256 gave a warp of one
+#: group, lpe = 32, 256 serial steps, and one of 32 groups only 8)...
+SEGMENT_ITERATIONS = 32
+#: ...but at least this many edges, so rows up to this long are never split and merged.
+SEGMENT_MIN_EDGES = 64
+#: The segment length of 8 groups (lpe = 4); the default of plans made without a geometry.
+SEGMENT_EDGES = SEGMENT_ITERATIONS * 8
 #: Most accumulator vectors per lane (registers); wider feature axes use more tiles.
 MAX_NACC = 4
 #: Rows per block of the column-sum kernel, at least.
@@ -63,6 +70,20 @@ KERNEL_FILES = {
 }
 #: Compiler options of the RawModule (NVRTC).
 NVRTC_OPTIONS = ("--std=c++17",)
+#: What CuPy's RawModule adds to ``NVRTC_OPTIONS`` before NVRTC sees them (CuPy 13.6 to
+#: 14.2), besides the architecture (``-arch=sm_XX``, or ``compute_XX`` for PTX) and
+#: ``-I`` paths (unused: the source includes nothing): ``-ftz=true`` in
+#: ``_compile_with_cache_cuda`` and ``--device-as-default-execution-space`` (NVRTC >= 12)
+#: in ``compile_using_nvrtc``, both in ``cupy/cuda/compiler.py``. ``--std=c++14`` is added
+#: only when no ``-std`` is given (``assemble_cupy_compiler_options``,
+#: ``cupy/_core/_compile_with_cache.pyx``; ``core.pyx`` before the split), so ours stands.
+#: ``-ftz=true`` flushes float32 subnormals to zero (docs/cuda.md); the compile tests use
+#: ``NVRTC_OPTIONS + CUPY_ADDED_OPTIONS`` and the emulation flushes float32 the same way.
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+#: The null pointer of a launch: 8 zero bytes. CuPy before 14.0 passes ``None`` as a
+#: pointer to an empty slot, a non-null garbage address (cupy/cupy#9046), so an absent
+#: array is passed as this on every CuPy version, never as ``None``.
+NULL = np.uint64(0)
 
 
 def cuda_dir() -> Path:
@@ -96,8 +117,10 @@ class Runtime(Protocol):
 
     def launch(self, name: str, grid: tuple[int, int, int], block: tuple[int, int, int],
                args: tuple) -> None:
-        """Launch kernel ``name``; ``args`` are arrays, None (null pointers) or NumPy scalars
-        whose dtypes are exactly the kernel's C parameter types."""
+        """Launch kernel ``name``; ``args`` are arrays or NumPy scalars whose dtypes are
+        exactly the kernel's C parameter types. An absent pointer is :data:`NULL`
+        (``np.uint64(0)``), never ``None``: CuPy < 14 passes ``None`` as a non-null
+        pointer (cupy/cupy#9046)."""
 
     def pointer(self, a: Any) -> int:
         """Address of the first element of array ``a``."""
@@ -136,6 +159,11 @@ class FeatureGeometry:
     def tiles(self, width: int) -> int:
         """Tiles needed to cover ``width`` features (at least one)."""
         return max(1, _cdiv(width, self.tile))
+
+    @property
+    def segment_edges(self) -> int:
+        """Edges per row segment: about ``SEGMENT_ITERATIONS`` steps of every group."""
+        return max(SEGMENT_MIN_EDGES, SEGMENT_ITERATIONS * self.groups)
 
 
 def feature_geometry(score: str, D: int, Dv: int, itemsize: int, aligned: bool = True) -> FeatureGeometry:
@@ -229,49 +257,80 @@ class SegmentPlan:
     n_slots: int
 
 
-def build_segment_plan(indptr: np.ndarray, chunk: int, index_dtype: Any) -> dict[str, Any]:
-    """The arrays of a :class:`SegmentPlan` (NumPy, ``index_dtype``) for CSR ``indptr``."""
-    indptr = np.asarray(indptr, dtype=np.int64)
+def build_segment_plan(indptr: Any, chunk: int, index_dtype: Any) -> dict[str, Any]:
+    """The arrays of a :class:`SegmentPlan` for CSR ``indptr``, built where ``indptr`` lives.
+
+    Parameters
+    ----------
+    indptr : array of int, shape (n + 1,)
+        Row pointers, NumPy or CuPy: the plan is computed with that array's namespace
+        (on the GPU for a CuPy array, without a round trip through the host).
+    chunk : int
+        Most edges of a segment.
+    index_dtype : dtype
+        int32 or int64, the dtype of the plan's arrays.
+
+    Returns
+    -------
+    dict
+        ``seg_ptr, seg_row, seg_slot, long_row, long_ptr`` (arrays of ``index_dtype`` on
+        the device of ``indptr``, the same values whatever the device) and ``n_seg, n_long,
+        n_slots`` (Python ints: two scalars read back from the device).
+    """
+    from ...arrays import namespace
+    from ...csr_format import row_ids
+
+    xp = namespace(indptr)
+
+    def exclusive_cumsum(counts: Any) -> Any:  # [0, c0, c0 + c1, ...] in int64
+        return xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(counts, dtype=xp.int64)])
+
+    indptr = xp.asarray(indptr).astype(xp.int64)
     n = indptr.shape[0] - 1
-    deg = np.diff(indptr)
-    nseg = np.maximum(1, -(-deg // chunk))
-    size = -(-deg // nseg)  # balanced segment length of each row
-    first = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(nseg, out=first[1:])
+    deg = indptr[1:] - indptr[:-1]
+    # Ceiling divisions of non-negative numbers, written without negation.
+    nseg = xp.maximum(1, (deg + (chunk - 1)) // chunk)
+    size = (deg + nseg - 1) // nseg  # balanced segment length of each row
+    first = exclusive_cumsum(nseg)
     n_seg = int(first[-1])
-    seg_row = np.repeat(np.arange(n, dtype=np.int64), nseg)
-    local = np.arange(n_seg, dtype=np.int64) - first[seg_row]
-    begin = np.minimum(indptr[seg_row] + local * size[seg_row], indptr[seg_row + 1])
-    seg_ptr = np.append(begin, indptr[-1] if n else 0)
-    multi = nseg[seg_row] > 1
-    seg_slot = np.where(multi, np.cumsum(multi) - 1, -1)
-    long_row = np.flatnonzero(nseg > 1)
-    long_ptr = np.zeros(long_row.shape[0] + 1, dtype=np.int64)
-    np.cumsum(nseg[long_row], out=long_ptr[1:])
     dtype = np.dtype(index_dtype)
-    limit = np.iinfo(dtype).max
-    if n_seg * 2 > limit:
+    if n_seg * 2 > np.iinfo(dtype).max:
         raise ValueError(f"graph too large for {dtype} segment plans ({n_seg} segments)")
-    conv = (lambda a: np.ascontiguousarray(a, dtype=dtype))
+    seg_row = row_ids(first, np.int64)  # repeat(arange(n), nseg); cupy.repeat takes no array of counts
+    local = xp.arange(n_seg, dtype=xp.int64) - first[seg_row]
+    begin = xp.minimum(indptr[seg_row] + local * size[seg_row], indptr[seg_row + 1])
+    seg_ptr = xp.concatenate([begin, indptr[-1:]])
+    multi = (nseg[seg_row] > 1).astype(xp.int64)
+    seg_slot = xp.where(multi > 0, xp.cumsum(multi) - 1, -1)
+    long_row = xp.flatnonzero(nseg > 1)
+    long_ptr = exclusive_cumsum(nseg[long_row])
+    conv = (lambda a: xp.ascontiguousarray(a.astype(dtype, copy=False)))
     return dict(seg_ptr=conv(seg_ptr), seg_row=conv(seg_row), seg_slot=conv(seg_slot),
                 long_row=conv(long_row), long_ptr=conv(long_ptr), n_seg=n_seg,
-                n_long=int(long_row.shape[0]), n_slots=int(multi.sum()))
+                n_long=int(long_row.shape[0]), n_slots=int(long_ptr[-1]))
 
 
 def _plan(g: Any, which: str, xp: Any, chunk: int = SEGMENT_EDGES) -> SegmentPlan:
-    """The row (``which="rows"``) or column plan of ``g``, cached on the graph."""
+    """The row (``which="rows"``) or column plan of ``g``, cached on the graph.
+
+    Built in the runtime's namespace ``xp`` (on the GPU for CuPy), from the graph's
+    ``indptr`` or the pointers of its transposed structure, itself built on the graph's
+    device.
+    """
 
     def build() -> SegmentPlan:
         indptr = g.indptr if which == "rows" else g.transposed()[0]
-        arrays = build_segment_plan(to_numpy(indptr), chunk, g.index_dtype)
-        for key in ("seg_ptr", "seg_row", "seg_slot", "long_row", "long_ptr"):
-            arrays[key] = xp.asarray(arrays[key])
-        return SegmentPlan(**arrays)
+        return SegmentPlan(**build_segment_plan(xp.asarray(indptr), chunk, g.index_dtype))
 
     return g.cached(f"cuda.{which}_plan.{chunk}", build)
 
 
 # ---------------------------------------------------------------------- argument helpers
+def nullable(a: Any) -> Any:
+    """The launch argument of an optional array: ``a`` itself, or :data:`NULL` when absent."""
+    return NULL if a is None else a
+
+
 def _aligned(rt: Runtime, *arrays: Any) -> bool:
     return all(a is None or a.size == 0 or rt.pointer(a) % 16 == 0 for a in arrays)
 
@@ -392,7 +451,7 @@ def _run_forward(c: _Call, g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: 
                  scores: Any) -> tuple[Any, Any, Any]:
     """Launch the fused forward (and merges): ``(out, rmax, rlog)``; ``v`` None computes
     only the row statistics (and the raw scores into ``scores``)."""
-    plan = _plan(g, "rows", c.xp)
+    plan = _plan(g, "rows", c.xp, c.geom.segment_edges)
     n_dst = g.shape[0]
     out = None if v is None else c.empty(n_dst, c.H, c.Dv)
     rmax = c.empty(n_dst, c.H)
@@ -402,13 +461,14 @@ def _run_forward(c: _Call, g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: 
     n_tiles = c.geom.tiles(c.Dv)
     c.launch_warps("sg_attn_fwd", plan.n_seg, n_tiles,
                    (plan.seg_ptr, plan.seg_row, plan.seg_slot, np.int64(plan.n_seg), g.indices,
-                    q, k, v, att, edge_bias, *c.dims(), *c.scalars(), *c.dropout(),
-                    out, rmax, rlog, part_acc, part_ml, scores))
+                    q, k, nullable(v), nullable(att), nullable(edge_bias), *c.dims(), *c.scalars(),
+                    *c.dropout(), nullable(out), rmax, rlog, nullable(part_acc), nullable(part_ml),
+                    nullable(scores)))
     if plan.n_long:
         c.launch_elementwise("sg_attn_fwd_merge", plan.n_long * c.H * max(c.Dv, 1),
                              (plan.long_row, plan.long_ptr, np.int64(plan.n_long), np.int32(c.H),
-                              np.int32(c.Dv), part_acc, part_ml, c.T(c.spec.keep_scale), out, rmax,
-                              rlog))
+                              np.int32(c.Dv), nullable(part_acc), part_ml, c.T(c.spec.keep_scale),
+                              nullable(out), rmax, rlog))
     return out, rmax, rlog
 
 
@@ -443,8 +503,8 @@ def backward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: Att
     xp, H, D, Dv = c.xp, c.H, c.D, c.Dv
     n_dst, n_src = g.shape
     nnz = g.nnz
-    rows = _plan(g, "rows", xp)
-    cols = _plan(g, "cols", xp)
+    rows = _plan(g, "rows", xp, c.geom.segment_edges)
+    cols = _plan(g, "cols", xp, c.geom.segment_edges)
     _, t_indices, t_perm = g.transposed()
     gatv2 = c.score == "gatv2"
     has_tau = c.score in ("cosine", "euclidean")
@@ -458,9 +518,9 @@ def backward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: Att
     tau_part = c.empty(rows.n_seg, H) if has_tau else None
     c.launch_warps("sg_attn_bwd_rows", rows.n_seg, c.geom.tiles(D),
                    (rows.seg_ptr, rows.seg_row, rows.seg_slot, np.int64(rows.n_seg), g.indices,
-                    q, k, v, att, edge_bias, out, dout, saved[ROW_MAX], saved[ROW_LOG_DENOM], *c.dims(),
-                    *c.scalars(),
-                    *c.dropout(), ds, a, dq, dq_part, att_part, tau_part))
+                    q, k, v, nullable(att), nullable(edge_bias), out, dout, saved[ROW_MAX],
+                    saved[ROW_LOG_DENOM], *c.dims(), *c.scalars(), *c.dropout(), ds, a, dq,
+                    nullable(dq_part), nullable(att_part), nullable(tau_part)))
     if rows.n_long:
         c.sum_partials(rows, D, dq_part, dq)
     if unit:
@@ -472,8 +532,8 @@ def backward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: Att
     dv_part = c.empty(cols.n_slots, H, Dv) if cols.n_slots else None
     c.launch_warps("sg_attn_bwd_cols", cols.n_seg, c.geom.tiles(max(D, Dv)),
                    (cols.seg_ptr, cols.seg_row, cols.seg_slot, np.int64(cols.n_seg), t_indices, t_perm,
-                    q, k, att, dout, ds, a, *c.dims(), *c.scalars(),
-                    dk, dv, dk_part, dv_part))
+                    q, k, nullable(att), dout, ds, a, *c.dims(), *c.scalars(),
+                    dk, dv, nullable(dk_part), nullable(dv_part)))
     if cols.n_long:
         c.sum_partials(cols, D, dk_part, dk)
         c.sum_partials(cols, Dv, dv_part, dv)
