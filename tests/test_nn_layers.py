@@ -211,11 +211,15 @@ def test_self_loop_graph_is_cached(graph):
 
 
 def test_self_loops_come_from_the_graph(graph):
-    """A square graph's self-loop version is CSRGraph.with_self_loops (one place adds loops);
-    a bipartite graph keeps its edges and gains exactly the loops (i, i), i < n_dst."""
-    a, b = nn.graph_with_self_loops(graph), graph.with_self_loops()
-    np.testing.assert_array_equal(a.indptr, b.indptr)
-    np.testing.assert_array_equal(a.indices, b.indices)
+    """The layers' self-loop graph is CSRGraph.with_self_loops(replace=True), PyG's rule (one place
+    adds loops): a doubled loop becomes one; a bipartite graph keeps its edges and gains exactly the
+    loops (i, i), i < n_dst."""
+    doubled = sg.CSRGraph.from_edge_index([0, 1, 1, 2, 2], [0, 1, 1, 0, 0])  # loop (1, 1) twice
+    for g in (graph, doubled):
+        a, b = nn.graph_with_self_loops(g), g.with_self_loops(replace=True)
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.indices, b.indices)
+    assert nn.graph_with_self_loops(doubled).nnz == 5  # 2 -> 0 twice, and one loop per node
     g = random_graph(4, 6, 0.5, seed=1, empty_row=True)
     loops = nn.graph_with_self_loops(g).to_scipy().toarray()
     expected = g.to_scipy().toarray()

@@ -150,3 +150,138 @@ def test_gat_model_with_sparse_features_matches_pyg():
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(conv1.grads["W"], m1.lin.weight.grad.numpy().T, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(conv2.grads["att_dst"], m2.att_dst.grad.numpy()[0], rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- PyG's input forms
+# Multigraphs given as PyG edge_index (repeated edges, a doubled self-loop), edge features with
+# every fill_value, bipartite pairs, and the attention weights PyG returns, mapped to our order.
+
+#: PyG parameter name -> (our name, layout): "T" transposed (Linear weights), "1" att[None], "" as is.
+_PYG_NAMES = {"lin.weight": ("W", "T"), "lin_src.weight": ("W_src", "T"), "lin_dst.weight": ("W_dst", "T"),
+              "lin_l.weight": ("W_src", "T"), "lin_r.weight": ("W_dst", "T"), "lin_l.bias": ("b_src", ""),
+              "lin_r.bias": ("b_dst", ""), "lin_edge.weight": ("W_edge", "T"), "res.weight": ("W_res", "T"),
+              "att_src": ("att_src", "1"), "att_dst": ("att_dst", "1"), "att_edge": ("att_edge", "1"),
+              "att": ("att", "1"), "bias": ("bias", "")}
+
+
+def _pyg_layout(a, layout):
+    """Our array in PyG's layout."""
+    return a.T if layout == "T" else (a[None] if layout == "1" else a)
+
+
+def _our_layout(a, layout):
+    """PyG's array in our layout."""
+    return a.T if layout == "T" else (a[0] if layout == "1" else a)
+
+
+def _multigraph_edge_index(n_src: int, n_dst: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    src, dst = rng.integers(0, n_src, 24), rng.integers(0, n_dst, 24)
+    src = np.concatenate([src, src[:5], [1, 1, 2]])  # 5 repeated edges, loop (1, 1) twice, (2, 2)
+    dst = np.concatenate([dst, dst[:5], [1, 1, 2]])
+    return np.stack([src, dst])
+
+
+def _pyg_positions(edge_index: np.ndarray, perm: np.ndarray, edge_ids: np.ndarray) -> np.ndarray:
+    """For each edge of our looped graph (CSR order), its position in the edge_index PyG returns:
+    the input's non-loop edges in input order, then the loops 0, 1, ..."""
+    nonloop = edge_index[0] != edge_index[1]
+    rank = np.cumsum(nonloop) - 1
+    out = np.empty(len(edge_ids), dtype=np.int64)
+    kept = edge_ids >= 0
+    out[kept] = rank[perm[edge_ids[kept]]]
+    out[~kept] = nonloop.sum() + np.arange((~kept).sum())
+    return out
+
+
+_FORM_CASES = [
+    ("fill-mean", {}), ("fill-add", {"fill_value": "add"}), ("fill-number", {"fill_value": 0.5}),
+    ("fill-array", {"fill_value": np.array([1.0, -2.0, 0.3])}), ("edge_dim-1", {"edge_dim": 1}),
+    ("no-edge-features", {"edge_dim": None}), ("mean-heads", {"heads": 3, "concat": False}),
+    ("no-self-loops", {"add_self_loops": False}), ("pair-int-in_dim", {"form": "pair"}),
+    ("pair-in_dim", {"form": "pair", "in_dim": (4, 3)}), ("bipartite-single-x", {"form": "single"}),
+]
+_GATCONV_CASES = _FORM_CASES + [("no-x_dst", {"form": "no_dst"})]
+_GATV2_CASES = _FORM_CASES + [("shared", {"share_weights": True}),
+                              ("shared-pair", {"share_weights": True, "form": "pair"})]
+
+
+def _compare_forms(cls, pyg_cls, case: dict, rng) -> None:
+    case = dict(case)
+    form, in_dim = case.pop("form", "square"), case.pop("in_dim", 4)
+    kw = {"heads": 2, "concat": True, "residual": True, "negative_slope": 0.3, "edge_dim": 3, **case}
+    n_src, n_dst = (7, 7) if form == "square" else (7, 5)
+    ei = _multigraph_edge_index(n_src, n_dst, seed=0)
+    g, perm = sg.CSRGraph.from_edge_index(ei, num_src=n_src, num_dst=n_dst, return_perm=True)
+    layer = cls(in_dim, 3, dtype=np.float64, seed=0, **kw)
+    layer.params["bias"] = rng.normal(size=layer.params["bias"].shape)
+    if isinstance(kw.get("fill_value"), np.ndarray):
+        kw["fill_value"] = _t(kw["fill_value"])
+    module = pyg_cls(in_dim, 3, **kw).double()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            ours, layout = _PYG_NAMES[name]
+            p.copy_(_t(_pyg_layout(layer.params[ours], layout)))
+    in_src, in_dst = in_dim if isinstance(in_dim, tuple) else (in_dim, in_dim)
+    x_src = rng.normal(size=(n_src, in_src))
+    x_dst = None if form == "no_dst" else rng.normal(size=(n_dst, in_dst))
+    x = (x_src, x_dst) if form in ("pair", "no_dst") else x_src
+    e_in = rng.normal(size=(ei.shape[1], kw["edge_dim"])) if kw["edge_dim"] else None  # PyG's edge order
+    if kw["edge_dim"] == 1:
+        e_in = e_in[:, 0]  # 1-D, as PyG takes it
+    y, (g2, alpha) = layer.forward(x, g, None if e_in is None else e_in[perm], return_attention_weights=True)
+    R = rng.normal(size=y.shape)
+    dx = layer.backward(R)
+
+    xt = tuple(None if a is None else _t(a).requires_grad_() for a in x) if isinstance(x, tuple) else \
+        _t(x).requires_grad_()
+    et = None if e_in is None else _t(e_in).requires_grad_()
+    extra = {"size": (n_src, n_dst)} if pyg_cls is pyg_nn.GATConv and form != "square" else {}
+    if form == "single":  # PyG has no "first n_dst rows" convention: give it the pair
+        xt = (xt, xt[:n_dst])
+    yt, (ei_used, alpha_t) = module(xt, torch.tensor(ei), et, return_attention_weights=True, **extra)
+    (yt * _t(R)).sum().backward()
+
+    _close(y, yt, "out")
+    if kw.get("add_self_loops", True):
+        _, edge_ids = nn.graph_with_self_loops(g, return_edge_ids=True)
+        pos = _pyg_positions(ei, perm, edge_ids)
+        np.testing.assert_array_equal(ei_used.numpy()[:, pos], np.stack([g2.indices, g2.row_ids()]))
+    else:
+        pos = perm
+    _close(alpha, alpha_t[pos], "attention weights")
+    for name, p in module.named_parameters():
+        ours, layout = _PYG_NAMES[name]
+        if p.grad is None:  # unused by this forward (att_dst and res without x_dst)
+            assert ours not in layer.grads, ours
+            continue
+        _close(layer.grads[ours], _our_layout(p.grad, layout), f"d {ours}")
+    if et is not None:
+        _close(layer.edge_attr_grad[np.argsort(perm)], et.grad, "d edge_attr")
+    if form == "single":
+        _close(dx, xt[0].grad, "dx")
+    elif isinstance(x, tuple):
+        _close(dx[0], xt[0].grad, "dx_src")
+        assert (dx[1] is None) == (x_dst is None)
+        if x_dst is not None:
+            _close(dx[1], xt[1].grad, "dx_dst")
+    else:
+        _close(dx, xt.grad, "dx")
+
+
+@pytest.mark.parametrize("case", [c for _, c in _GATCONV_CASES], ids=[n for n, _ in _GATCONV_CASES])
+def test_gatconv_input_forms_match_pyg(case):
+    _compare_forms(nn.GATConv, pyg_nn.GATConv, case, np.random.default_rng(10))
+
+
+@pytest.mark.parametrize("case", [c for _, c in _GATV2_CASES], ids=[n for n, _ in _GATV2_CASES])
+def test_gatv2conv_input_forms_match_pyg(case):
+    _compare_forms(nn.GATv2Conv, pyg_nn.GATv2Conv, case, np.random.default_rng(11))
+
+
+def test_gatv2conv_edge_features_in_chunks_match_pyg(monkeypatch):
+    """The chunked GATv2 edge path (3 edges per chunk here) against PyG."""
+    from sparsegat.nn import edges
+
+    monkeypatch.setattr(edges, "CHUNK_ELEMENTS", 3 * 2 * 3)
+    _compare_forms(nn.GATv2Conv, pyg_nn.GATv2Conv, {}, np.random.default_rng(12))
