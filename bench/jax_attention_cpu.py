@@ -98,26 +98,10 @@ class Problem:
                     PURE: lambda q, k, v: self.pure_attention(q, k, v, **options)}
 
     def pure_attention(self, q: Any, k: Any, v: Any, score: str, att: Any = None) -> Any:
-        """The operator in JAX primitives (no sparsegat): gathers and segment reductions."""
-        jax, jnp = self.jax, self.jnp
-        rows, cols, n = self.rows, self.cols, self.g.n_dst
-        if score in ("additive", "gatv2"):
-            z = q[rows] + k[cols]
-            z = jnp.where(z > 0, z, 0.2 * z)
-            s = z if score == "additive" else (att * z).sum(-1)
-        elif score == "euclidean":
-            s = -((q[rows] - k[cols]) ** 2).sum(-1)
-        else:
-            if score == "cosine":
-                q = q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-8)
-                k = k / jnp.maximum(jnp.linalg.norm(k, axis=-1, keepdims=True), 1e-8)
-            s = (q[rows] * k[cols]).sum(-1)
-            if score == "scaled_dot":
-                s = s / np.sqrt(q.shape[-1])
-        m = jax.lax.stop_gradient(jax.ops.segment_max(s, rows, n, indices_are_sorted=True))
-        e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0)[rows])
-        a = e / jax.ops.segment_sum(e, rows, n, indices_are_sorted=True)[rows]
-        return jax.ops.segment_sum(a[..., None] * v[cols], rows, n, indices_are_sorted=True)
+        """The operator in JAX primitives (no sparsegat): :func:`sparsegat.bench.jaxref.pure_attention`."""
+        from sparsegat.bench.jaxref import pure_attention
+
+        return pure_attention(q, k, v, self.rows, self.cols, self.g.n_dst, score, att)
 
     def calls(self, impl: str) -> dict[str, Callable[[], Any]]:
         """Pass name -> zero-argument call that runs the jitted pass and waits for it."""

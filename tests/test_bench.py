@@ -634,3 +634,250 @@ def test_bench_scripts_start(script):
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "usage:" in res.stdout
+
+
+# ---------------------------------------------------------------------------- torch, jax and jax-pure backends
+
+
+def _need(name):
+    """Skip unless backend ``name`` (torch, jax, jax-pure) can run here."""
+    if name == "torch":
+        from sparsegat.bench.torch_runner import torch_status as status
+    else:
+        from sparsegat.bench.jax_runner import jax_status as status
+    reason = status(name)
+    if reason is not None:
+        pytest.skip(f"{name}: {reason}")
+
+
+@pytest.fixture
+def keep_x64():
+    """Restore JAX's jax_enable_x64 after the test (a float64 run turns it on)."""
+    if importlib.util.find_spec("jax") is None:
+        yield None
+        return
+    import jax
+
+    before = jax.config.jax_enable_x64
+    yield jax
+    jax.config.update("jax_enable_x64", before)
+
+
+def _runner(name):
+    from sparsegat.bench.runners import SparsegatRunner
+
+    if name == "torch":
+        from sparsegat.bench.torch_runner import TorchRunner
+
+        return TorchRunner(name)
+    if name.startswith("jax"):
+        from sparsegat.bench.jax_runner import JaxRunner
+
+        return JaxRunner(name)
+    if name.startswith("pyg"):
+        from sparsegat.bench.pyg import PygRunner
+
+        return PygRunner(name)
+    return SparsegatRunner(name)
+
+
+def _host(a):
+    return np.asarray(a.detach().numpy() if hasattr(a, "detach") else a, dtype=np.float64)
+
+
+def _check_new_backend_run(doc, names, ops):
+    assert doc["schema"] == "sparsegat-bench/1"
+    assert doc["backends"]["run"] == ["numpy"] + names and doc["backends"]["skipped"] == {}
+    for r in doc["results"]:
+        assert r["status"] == "ok", (r["backend"], r.get("reason"), r.get("error"))
+        assert r["device"] == "cpu" and r["clock"] == "perf_counter"
+        for key in ("first_s", "median_s", "min_s", "max_s", "bytes_model", "bandwidth_gbs", "speedup",
+                    "peak_host_bytes", "implementation"):
+            assert r[key] is not None, (r["backend"], key)
+    for name in names:
+        got = sorted(r["config"]["op"] for r in doc["results"] if r["backend"] == name)
+        assert got == sorted(ops), name
+
+
+def test_torch_backend_tiny_run(tmp_path, capsys):
+    _need("torch")
+    out = tmp_path / "t.json"
+    rc = main(TINY + ["--backends", "numpy,torch", "--score", "dot,gatv2", "--ops", "all", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.out + captured.err
+    doc = json.loads(out.read_text())
+    _check_new_backend_run(doc, ["torch"], ["forward", "forward", "backward", "backward", "layer"])
+    impl = {r["config"]["op"]: r["implementation"] for r in doc["results"] if r["backend"] == "torch"}
+    assert impl["forward"].startswith("sparsegat.torch.attention")
+    assert impl["layer"].startswith("sparsegat.torch.GATConv")
+    assert doc["machine"]["versions"]["torch"] is not None
+    assert " torch " in captured.out
+
+
+def test_jax_backends_tiny_run(tmp_path, capsys, keep_x64):
+    _need("jax")
+    _need("jax-pure")
+    keep_x64.config.update("jax_enable_x64", False)  # restored by the fixture
+    out = tmp_path / "j.json"
+    rc = main(TINY + ["--backends", "numpy,jax,jax-pure", "--score", "additive", "--dtype", "f32,f64",
+                      "--ops", "all", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.out + captured.err
+    doc = json.loads(out.read_text())
+    _check_new_backend_run(doc, ["jax", "jax-pure"], ["forward", "forward", "backward", "backward",
+                                                      "layer", "layer"])
+    assert {r["config"]["dtype"] for r in doc["results"] if r["backend"] == "jax"} == {"float32", "float64"}
+    impl = {(r["backend"], r["config"]["op"]): r["implementation"] for r in doc["results"]}
+    assert impl["jax", "forward"].startswith("sparsegat.jax.attention")
+    assert impl["jax", "layer"].startswith("sparsegat.jax.gat_conv.apply")
+    assert impl["jax-pure", "backward"].startswith("pure JAX")
+    assert doc["machine"]["versions"]["jax"] is not None
+    # float64 needs 64-bit JAX: turned on for the run, with a note
+    assert keep_x64.config.jax_enable_x64 and any("jax_enable_x64" in n for n in doc["notes"])
+
+
+def test_jax_layer_is_skipped_on_a_bipartite_graph(tmp_path, capsys):
+    _need("jax")
+    out = tmp_path / "b.json"
+    assert main(TINY + ["--backends", "jax", "--family", "bipartite", "--ops", "layer", "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["status"] == "skipped" and "square" in r["reason"]
+    capsys.readouterr()
+
+
+def test_unavailable_torch_and_jax_are_skipped_with_a_note(tmp_path, capsys, monkeypatch):
+    # As when neither is installed: find_spec finds no torch and no jax.
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name.split(".")[0] in ("torch", "jax"):
+            return None
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    out = tmp_path / "u.json"
+    rc = main(TINY[:-4] + ["--backends", "numpy,torch,jax,jax-pure", "--ops", "forward", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    doc = json.loads(out.read_text())
+    assert doc["backends"]["run"] == ["numpy"]
+    assert doc["backends"]["skipped"] == {"torch": "torch is not installed", "jax": "jax is not installed",
+                                          "jax-pure": "jax is not installed"}
+    assert any("backend jax skipped" in n for n in doc["notes"])
+    assert main(TINY[:-4] + ["--backends", "torch,jax", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "no backend can run here" in err and "torch is not installed" in err and "Traceback" not in err
+
+
+def test_bench_imports_neither_torch_nor_jax_unless_asked():
+    import subprocess
+    import sys
+
+    code = ("import sys; from sparsegat.bench.cli import main; "
+            f"rc = main({TINY + ['--ops', 'forward']!r}); "
+            "assert rc == 0, rc; "
+            "print(sorted(m for m in ('torch', 'jax', 'torch_geometric') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("name", ["torch", "jax", "jax-pure"])
+@pytest.mark.parametrize("family", ["powerlaw", "bipartite"])
+def test_new_backends_time_the_same_operator(name, family, keep_x64):
+    # Forward and backward of every new backend agree with the numpy reference backend.
+    from sparsegat.bench.runners import Case, make_inputs
+
+    _need(name)
+    if name.startswith("jax"):
+        keep_x64.config.update("jax_enable_x64", True)
+    bg = graphs.make_graph(family, 30, 4, seed=1)
+    runner, ref = _runner(name), _runner("numpy")
+    for score in ("additive", "gatv2", "cosine"):
+        d = None if score == "additive" else 3
+        fwd = Case(0, "forward", 2, d, 4, score, "float64")
+        inputs = make_inputs(fwd, bg.graph, seed=0)
+        expected, _ = ref.prepare(fwd, bg, inputs)()
+        np.testing.assert_allclose(_host(runner.prepare(fwd, bg, inputs)()), expected, rtol=1e-9, atol=1e-12)
+        bwd = Case(0, "backward", 2, d, 4, score, "float64")
+        grads = ref.prepare(bwd, bg, inputs)()
+        got = runner.prepare(bwd, bg, inputs)()
+        names = ["q", "k", "v"] + (["att"] if score == "gatv2" else [])
+        assert len(got) == len(names)
+        for n, g in zip(names, got):
+            np.testing.assert_allclose(_host(g), getattr(grads, n), rtol=1e-8, atol=1e-10, err_msg=f"{score} d{n}")
+
+
+def test_jax_layer_steps_match_sparsegat_nn(keep_x64):
+    # jax and jax-pure run the same layer step (same parameters) as sparsegat.nn.GATConv.
+    from sparsegat.bench.jaxref import gat_params
+    from sparsegat.bench.layers import sparsegat_gatconv
+    from sparsegat.bench.runners import Case, make_inputs
+
+    _need("jax")
+    keep_x64.config.update("jax_enable_x64", True)
+    bg = graphs.make_graph("powerlaw", 40, 4, seed=2)
+    case = Case(0, "layer", 2, None, 3, "additive", "float64", 5)
+    inputs = make_inputs(case, bg.graph, seed=0)
+    layer = sparsegat_gatconv(gat_params(5, 3, 2, np.float64), backend="numpy")
+    y = layer.forward(inputs.x, bg.graph, training=True)
+    dx = layer.backward(inputs.dy)
+    for name in ("jax", "jax-pure"):
+        _need(name)
+        got_y, (pgrads, got_dx) = _runner(name).prepare(case, bg, inputs)()
+        np.testing.assert_allclose(_host(got_y), y, rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(_host(got_dx), dx, rtol=1e-8, atol=1e-10, err_msg=name)
+        for key, grad in layer.grads.items():
+            np.testing.assert_allclose(_host(pgrads[key]), grad, rtol=1e-8, atol=1e-10, err_msg=f"{name} {key}")
+
+
+@pytest.mark.pyg
+@pytest.mark.skipif(not HAS_PYG, reason="needs torch and torch_geometric")
+@pytest.mark.parametrize("family", ["powerlaw", "bipartite"])
+def test_torch_layer_step_matches_pyg(family):
+    # The torch row builds sparsegat.torch.GATConv as the pyg row builds PyG's: same parameters, same step.
+    import torch
+
+    from sparsegat.bench.runners import Case, make_inputs
+
+    _need("torch")
+    bg = graphs.make_graph(family, 40, 4, seed=2)
+    case = Case(0, "layer", 2, None, 3, "additive", "float64", 5)
+    inputs = make_inputs(case, bg.graph, seed=0)
+    ours, theirs = _runner("torch"), _runner("pyg")
+    ours_params = ours._gatconv(case, torch.float64).state_dict()
+    pyg_params = theirs._gatconv(case, torch.float64).state_dict()
+    assert ours_params.keys() == pyg_params.keys()
+    assert all(torch.equal(ours_params[k], pyg_params[k]) for k in pyg_params)
+    (y1, g1), (y2, g2) = ours.prepare(case, bg, inputs)(), theirs.prepare(case, bg, inputs)()
+    np.testing.assert_allclose(_host(y1), _host(y2), rtol=1e-9, atol=1e-12)
+    assert len(g1) == len(g2)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(_host(a), _host(b), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", ["powerlaw", "bipartite"])
+def test_pure_jax_reference_matches_sparsegat(family, keep_x64):
+    # bench/jax_attention_cpu.py and the jax-pure backend time this function.
+    from sparsegat.spec import SCORES
+
+    if keep_x64 is None:
+        pytest.skip("jax is not installed")
+    keep_x64.config.update("jax_enable_x64", True)
+    from sparsegat.bench.jaxref import edge_arrays, pure_attention
+
+    g = graphs.make_graph(family, 25, 3, seed=4).graph
+    if family == "bipartite":  # an empty destination row
+        g = CSRGraph(np.concatenate([[0], g.indptr[:-1]]), g.indices[:g.indptr[-2]], (g.n_dst, g.n_src))
+        assert g.degrees()[0] == 0
+    rows, cols = edge_arrays(g)
+    rng = np.random.default_rng(0)
+    for score in SCORES:
+        shape = (2,) if score == "additive" else (2, 3)
+        q, k = rng.standard_normal((g.n_dst,) + shape), rng.standard_normal((g.n_src,) + shape)
+        v = rng.standard_normal((g.n_src, 2, 4))
+        att = rng.standard_normal((2, 3)) if score == "gatv2" else None
+        tau = 0.7 if score in ("cosine", "euclidean") else 1.0
+        ref, _ = attention_forward(g, q, k, v, score=score, att=att, tau=tau, backend="numpy")
+        out = pure_attention(q, k, v, rows, cols, g.n_dst, score, att, tau=tau)
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-10, atol=1e-12, err_msg=score)

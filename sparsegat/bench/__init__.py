@@ -1,4 +1,4 @@
-"""``sparsegat bench``: time sparse attention on every available backend (and PyG).
+"""``sparsegat bench``: time sparse attention on every available backend (and PyG, the adapters, JAX).
 
 The package also holds what the workload scripts in the repository's ``bench/``
 folder share, so that no script carries its own generator, clock or model.
@@ -16,10 +16,18 @@ timing
 traffic
     Bytes models of the operations and kernels, and measured memory bandwidth.
 runners
-    One runner per backend (numpy, numba, cupy) that prepares inputs and the timed calls.
+    One runner per backend (numpy, numba, cupy) that prepares inputs and the timed calls;
+    the protocol every runner follows.
 pyg
     The same operations with PyTorch Geometric (CPU, and CUDA where there is a GPU),
     and PyG's ``GATConv`` holding given parameters.
+torch_runner
+    The same operations through sparsegat's PyTorch adapter (``sparsegat.torch``) on the CPU.
+jax_runner
+    The same operations through sparsegat's JAX adapter (``sparsegat.jax``) and in pure
+    JAX, on the CPU.
+jaxref
+    The attention operator and GAT layer written in pure JAX (gathers and segment reductions).
 layers
     sparsegat's ``nn.GATConv`` holding given parameters, aligned inputs, comparisons.
 kernels

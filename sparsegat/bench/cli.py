@@ -22,7 +22,9 @@ from .readers import read_graph
 from .runners import OPS, SPARSEGAT_BACKENDS, Case, Skip, make_inputs
 
 PYG_NAMES = ("pyg", "pyg-cuda")
-ALL_BACKENDS = SPARSEGAT_BACKENDS + PYG_NAMES
+TORCH_NAMES = ("torch",)             # sparsegat.torch (sparsegat/bench/torch_runner.py)
+JAX_NAMES = ("jax", "jax-pure")      # sparsegat.jax and pure JAX (sparsegat/bench/jax_runner.py)
+ALL_BACKENDS = SPARSEGAT_BACKENDS + TORCH_NAMES + PYG_NAMES + JAX_NAMES
 DTYPES = ("float32", "float64")
 _DTYPE_ALIASES = {"f32": "float32", "fp32": "float32", "single": "float32",
                   "f64": "float64", "fp64": "float64", "double": "float64"}
@@ -136,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sparsegat bench",
         description="Time sparse attention forward, backward and a GAT layer step on every available "
-                    "backend (numpy reference, numba, cupy) and on PyTorch Geometric, over a sweep of "
-                    "graph sizes and shapes. Prints a table on stdout and progress on stderr; "
-                    "writes JSON and a plot on request.",
+                    "backend (numpy reference, numba, cupy), through sparsegat's PyTorch and JAX adapters "
+                    "(torch, jax), and as PyTorch Geometric (pyg, pyg-cuda) and pure JAX (jax-pure) "
+                    "compute it, over a sweep of graph sizes and shapes. Prints a table on stdout and "
+                    "progress on stderr; writes JSON and a plot on request.",
         epilog="Lists are comma-separated; sizes take k/M suffixes (10k = 10000). "
                "Example: sparsegat bench --nodes 1k,10k,100k --score dot,additive --json out.json "
                "--plot out.png. See docs/benchmarks.md.",
@@ -189,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=lambda t: _parse_int(t, "--seed", 0), default=d["seed"],
                    help=f"seed of the synthetic graphs and inputs (default {d['seed']})")
     r.add_argument("--threads", type=lambda t: _parse_int(t, "--threads"), default=None, metavar="N",
-                   help="threads for numba and torch (default: their own, all CPUs); "
-                        "NumPy's BLAS follows OMP_NUM_THREADS/OPENBLAS_NUM_THREADS")
+                   help="threads for numba (also under the torch and jax adapters) and torch "
+                        "(default: their own, all CPUs); NumPy's BLAS follows "
+                        "OMP_NUM_THREADS/OPENBLAS_NUM_THREADS, JAX's XLA keeps its own")
     r.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory probe (one extra call per measurement)")
     o = p.add_argument_group("output")
@@ -256,6 +260,18 @@ def _select_backends(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
             reason = pyg_status(name)
             if reason is None:
                 runners[name] = PygRunner(name)
+        elif name in TORCH_NAMES:
+            from .torch_runner import TorchRunner, torch_status
+
+            reason = torch_status(name)
+            if reason is None:
+                runners[name] = TorchRunner(name)
+        elif name in JAX_NAMES:
+            from .jax_runner import JaxRunner, jax_status
+
+            reason = jax_status(name)
+            if reason is None:
+                runners[name] = JaxRunner(name)
         else:
             reason = sparsegat_backend_status(name)
             if reason is None:
@@ -311,14 +327,15 @@ def enumerate_cases(args: argparse.Namespace, n_graphs: int) -> list[Case]:
 def _set_threads(threads: int | None, runners: dict[str, Any]) -> None:
     if threads is None:
         return
-    if "numba" in runners:
+    # The adapters' kernels (torch, jax) are numba's where numba is the default CPU backend.
+    if "numba" in runners or any(getattr(r, "kernel_backend", None) == "numba" for r in runners.values()):
         import numba
 
         if threads > numba.config.NUMBA_NUM_THREADS:
             raise BenchError(f"--threads {threads} exceeds numba's maximum of {numba.config.NUMBA_NUM_THREADS} "
                              "(set NUMBA_NUM_THREADS to raise it)")
         numba.set_num_threads(threads)
-    if any(name in runners for name in PYG_NAMES):
+    if any(name in runners for name in PYG_NAMES + TORCH_NAMES):
         import torch
 
         torch.set_num_threads(threads)
@@ -420,6 +437,13 @@ def _set_up(args: argparse.Namespace) -> Setup:
     for name, reason in skipped.items():
         setup.note(f"backend {name} skipped: {reason}")
     _set_threads(args.threads, runners)
+    jax_run = [name for name in runners if name in JAX_NAMES]
+    if jax_run and "float64" in args.dtype:
+        from .jax_runner import enable_x64
+
+        if enable_x64():
+            setup.note(f"jax_enable_x64 turned on for the float64 cases of {', '.join(jax_run)} "
+                       "(float32 arrays stay float32)")
     setup.busy = _busy_note()
     if setup.busy:
         setup.note(setup.busy)

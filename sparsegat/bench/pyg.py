@@ -127,7 +127,12 @@ def pyg_gatconv_grads(conv: Any) -> dict[str, np.ndarray]:
 
 
 class PygRunner:
-    """Prepares and returns the timed callables of PyG on the CPU or on CUDA."""
+    """Prepares and returns the timed callables of PyG on the CPU or on CUDA.
+
+    :class:`sparsegat.bench.torch_runner.TorchRunner` times ``sparsegat.torch`` the same
+    way by overriding :meth:`_operator` (the attention operator) and :meth:`_gatconv`
+    (the layer).
+    """
 
     def __init__(self, name: str) -> None:
         import torch
@@ -154,18 +159,22 @@ class PygRunner:
         src, dst = edge_index(bg.graph)
         return self._t(src), self._t(dst)
 
+    def _operator(self, case: Case, bg: BenchGraph) -> Callable[..., Any]:
+        """``op(q, k, v, att)``: the attention operator of ``case`` on ``bg``, as this runner computes it."""
+        src, dst = self._edges(bg)
+        n_dst, score = bg.graph.n_dst, case.score
+        return lambda q, k, v, att: edge_attention(q, k, v, att, src, dst, n_dst, score)
+
     def prepare(self, case: Case, bg: BenchGraph, inputs: HostInputs) -> Callable[[], Any]:
         torch = self._torch
-        src, dst = self._edges(bg)
-        n_dst = bg.graph.n_dst
         if case.op == "layer":
-            return self._layer(case, bg, src, dst, inputs)
+            return self._layer(case, bg, inputs)
+        op = self._operator(case, bg)
         q, k, v = self._t(inputs.q, True), self._t(inputs.k, True), self._t(inputs.v, True)
         att = self._t(inputs.att, True)
-        score = case.score
 
         def forward() -> Any:
-            return edge_attention(q, k, v, att, src, dst, n_dst, score)
+            return op(q, k, v, att)
 
         if case.op == "forward":
             # A training forward: autograd records what backward needs, as sparsegat's
@@ -180,18 +189,22 @@ class PygRunner:
 
         return backward
 
-    def _layer(self, case: Case, bg: BenchGraph, src: Any, dst: Any, inputs: HostInputs) -> Callable[[], Any]:
-        torch = self._torch
+    def _gatconv(self, case: Case, dtype: Any) -> Any:
+        """The layer of the ``layer`` step: PyG's ``GATConv`` with its own initialisation from seed 0."""
         from torch_geometric.nn import GATConv
 
+        self._torch.manual_seed(0)
+        return GATConv(case.in_dim, case.dv, heads=case.heads, negative_slope=NEGATIVE_SLOPE,
+                       add_self_loops=True).to(device=self._dev, dtype=dtype)
+
+    def _layer(self, case: Case, bg: BenchGraph, inputs: HostInputs) -> Callable[[], Any]:
+        torch = self._torch
         g = bg.graph
         if g.n_dst > g.n_src:
             raise Skip(f"the layer step needs n_dst <= n_src, this graph is {g.n_dst}x{g.n_src}")
         dtype = torch.float64 if case.dtype == "float64" else torch.float32
-        torch.manual_seed(0)
-        conv = GATConv(case.in_dim, case.dv, heads=case.heads, negative_slope=NEGATIVE_SLOPE,
-                       add_self_loops=True).to(device=self._dev, dtype=dtype)
-        edge_index = torch.stack([src, dst])
+        conv = self._gatconv(case, dtype)
+        edge_index = torch.stack(self._edges(bg))
         x = self._t(inputs.x, True)
         dy = self._t(inputs.dy)
         wrt = [x] + [p for p in conv.parameters() if p.requires_grad]

@@ -82,6 +82,8 @@ _DISTRIBUTIONS = {
     "cupy": ("cupy", "cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x"),
     "torch": ("torch",),
     "torch_geometric": ("torch_geometric", "torch-geometric"),
+    "jax": ("jax",),
+    "jaxlib": ("jaxlib",),
     "matplotlib": ("matplotlib",),
 }
 
@@ -252,9 +254,9 @@ def matplotlib_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-BACKEND_ORDER = ("numpy", "numba", "cupy", "pyg", "pyg-cuda")
+BACKEND_ORDER = ("numpy", "numba", "cupy", "torch", "pyg", "pyg-cuda", "jax", "jax-pure")
 BACKEND_COLORS = {"numpy": "tab:blue", "numba": "tab:orange", "cupy": "tab:green", "pyg": "tab:red",
-                  "pyg-cuda": "tab:purple"}
+                  "pyg-cuda": "tab:purple", "torch": "tab:brown", "jax": "tab:olive", "jax-pure": "tab:cyan"}
 _PLOT_DIMS = ("family", "degree", "score", "dtype", "heads", "d", "dv", "in_dim")
 
 

@@ -20,6 +20,14 @@ Operations:
     the first call) and its ``backward(dy)`` (parameter gradients and ``dx``).
     ``x`` has ``n_src`` rows; on a non-square graph the first ``n_dst`` are the
     destinations (needs ``n_dst <= n_src``). Score and ``D`` do not apply to the layer.
+
+Every runner (:class:`SparsegatRunner`, :class:`~sparsegat.bench.pyg.PygRunner`,
+:class:`~sparsegat.bench.torch_runner.TorchRunner`,
+:class:`~sparsegat.bench.jax_runner.JaxRunner`) has ``name``, ``device`` and
+``implementation(op)`` (recorded with each result), ``prepare(case, bg, inputs)``,
+which returns a zero-argument callable doing ``case.op`` once (waiting for its result)
+or raises :class:`Skip`, and ``clock_and_probes(memory)``, which returns the clock and
+the host and GPU memory probes (or None) of :func:`sparsegat.bench.timing.measure`.
 """
 
 from __future__ import annotations
@@ -116,6 +124,23 @@ def fresh_graph(g: CSRGraph) -> CSRGraph:
 
 
 # ---------------------------------------------------------------------------- availability
+
+
+def error_line(exc: BaseException) -> str:
+    """``'Type: first line of the message'``: an exception in one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def default_cpu_backend() -> str:
+    """The backend that runs sparsegat's kernels for host arrays here (numba, else numpy), as the
+    adapters (:mod:`sparsegat.torch`, :mod:`sparsegat.jax`) pick it by default."""
+    from ..backends import select_backend
+
+    try:
+        return select_backend("numpy")
+    except Exception as exc:  # e.g. $SPARSEGAT_BACKEND names a GPU backend: the calls will say so
+        return f"? ({error_line(exc)})"
 
 
 def sparsegat_backend_status(name: str) -> str | None:
