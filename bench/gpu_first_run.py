@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     for wl, limit in (("fused", 90), ("arxiv", 150)):
         _bench(r, wl, limit, out, cupy_env)
         if args.baseline:
-            _bench(r, wl, limit, out, cupy_env, Path(args.baseline))
+            _bench(r, wl, limit, out, cupy_env, Path(args.baseline).resolve())
     r.run("breakdown", [py, me, "--step", "breakdown"], 60, env=cupy_env, parse=_result_line)
     r.run("tests_properties", pytest_cmd + ["-k", "parity"], 240, env=test_env, parse=_pytest_summary)
     _bench(r, "reddit", 240, out, cupy_env)
