@@ -84,3 +84,16 @@ def check_input(x: Any, g: CSRGraph, dtype: Any) -> jax.Array:
     if np.dtype(x.dtype) != np.dtype(dtype):
         raise TypeError(f"x has dtype {x.dtype} but the parameters are {np.dtype(dtype)}; cast one of them")
     return x
+
+
+def finish_output(out: Any, x: Any, params: dict[str, Any], concat: bool) -> Any:
+    """The attention output ``(n, H, C)`` as a layer's result: heads concatenated (or
+    averaged), plus the residual ``x @ W_res`` and the ``bias`` where the layer has them."""
+    n, heads, out_dim = out.shape
+    out = out.reshape(n, heads * out_dim) if concat else out.mean(axis=1)
+    if "W_res" in params:
+        out = out + x @ params["W_res"]
+    if "bias" in params:
+        out = out + params["bias"]
+    return out
+

@@ -32,7 +32,7 @@ import numpy as np
 
 from ._functional import attention
 from ._graph import as_graph
-from ._layers import attention_seed, check_dims, check_input, float_dtype, glorot, prepare_graph
+from ._layers import attention_seed, check_dims, check_input, finish_output, float_dtype, glorot, prepare_graph
 
 __all__ = ["init", "apply", "to_pyg", "from_pyg"]
 
@@ -121,12 +121,7 @@ def apply(params: dict[str, jax.Array], x: Any, g: Any, *, concat: bool = True, 
     p, s = attention_seed(dropout, training, key, seed)
     out = attention(graph, a_dst, a_src, h, score="additive", negative_slope=negative_slope, dropout=p, seed=s,
                     backend=backend)
-    out = out.reshape(x.shape[0], heads * out_dim) if concat else out.mean(axis=1)
-    if "W_res" in params:
-        out = out + x @ params["W_res"]
-    if "bias" in params:
-        out = out + params["bias"]
-    return out
+    return finish_output(out, x, params, concat)
 
 
 def to_pyg(params: dict[str, Any]) -> dict[str, np.ndarray]:

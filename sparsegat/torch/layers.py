@@ -86,6 +86,17 @@ class _GATBase(torch.nn.Module):
         self.backend = backend
         return ins
 
+    def _init_residual_and_bias(self, in_dst: int, bias: bool) -> None:
+        """PyG's ``res`` (a linear map of the destinations' inputs) and ``bias``, or ``None``."""
+        if self.residual:
+            self.res = _linear(in_dst, self._total_out(), bias=False)
+        else:
+            self.register_parameter("res", None)
+        if bias:
+            self.bias = torch.nn.Parameter(torch.empty(self._total_out()))
+        else:
+            self.register_parameter("bias", None)
+
     def _total_out(self) -> int:
         return self.out_channels * (self.heads if self.concat else 1)
 
@@ -231,14 +242,7 @@ class GATConv(_GATBase):
         else:
             self.lin_edge = None
             self.register_parameter("att_edge", None)
-        if self.residual:
-            self.res = _linear(ins[-1], self._total_out(), bias=False)
-        else:
-            self.register_parameter("res", None)
-        if bias:
-            self.bias = torch.nn.Parameter(torch.empty(self._total_out()))
-        else:
-            self.register_parameter("bias", None)
+        self._init_residual_and_bias(ins[-1], bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -377,14 +381,7 @@ class GATv2Conv(_GATBase):
         self.lin_r = self.lin_l if self.share_weights else _linear(ins[-1], hc, bias=bias)
         self.att = torch.nn.Parameter(torch.empty(1, self.heads, self.out_channels))
         self.lin_edge = _linear(self.edge_dim, hc, bias=False) if self.edge_dim is not None else None
-        if self.residual:
-            self.res = _linear(ins[-1], self._total_out(), bias=False)
-        else:
-            self.register_parameter("res", None)
-        if bias:
-            self.bias = torch.nn.Parameter(torch.empty(self._total_out()))
-        else:
-            self.register_parameter("bias", None)
+        self._init_residual_and_bias(ins[-1], bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
