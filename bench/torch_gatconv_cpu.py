@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sparsegat.bench.graphs import chung_lu_edges
+from sparsegat.bench.layers import add_layer_workload_arguments
 from sparsegat.bench.timing import HostMemoryProbe, SubprocessError, run_json, time_calls
 
 OURS, PYG = "sparsegat.torch GATConv", "PyG GATConv"
@@ -195,15 +196,7 @@ def report_memory(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, default=100_000)
-    ap.add_argument("--edges", type=int, default=1_600_000, help="directed edges before self-loops")
-    ap.add_argument("--in-dim", dest="in_dim", type=int, default=128)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--out", type=int, default=32, help="features per head")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=7, help="timed runs per measurement and round")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of the timing processes")
+    add_layer_workload_arguments(ap)
     ap.add_argument("--backend", help="sparsegat backend (default: the registry's choice, numba when installed)")
     ap.add_argument("--threads", type=int, default=0,
                     help="threads of Numba, torch and BLAS in the measuring processes (default: the libraries')")

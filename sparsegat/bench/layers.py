@@ -10,6 +10,7 @@ outputs and gradients.
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import numpy as np
@@ -52,3 +53,19 @@ def relative_error(a: Any, b: Any) -> float:
     """``max |a - b| / max |b|`` (host or GPU arrays, torch tensors via ``.numpy()`` first)."""
     a, b = to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)
     return float(np.max(np.abs(a - b)) / max(1e-30, float(np.max(np.abs(b)))))
+
+
+def add_layer_workload_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of the 100k-node GAT layer workload shared by the layer-step scripts
+    (``bench/gatconv_cpu.py``, ``bench/torch_gatconv_cpu.py``): graph and layer sizes,
+    seed, and the timing protocol (warm-up calls, timed repeats, alternating rounds)."""
+    ap.add_argument("--nodes", type=int, default=100_000)
+    ap.add_argument("--edges", type=int, default=1_600_000, help="directed edges before self-loops")
+    ap.add_argument("--in-dim", dest="in_dim", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--out", type=int, default=32, help="features per head")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7, help="timed runs per measurement and round")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the timing processes")
+
