@@ -16,7 +16,8 @@ import sparsegat as sg
 from sparsegat import nn
 from sparsegat.nn import edges as nn_edges
 
-EPS = 1e-6
+from test_nn_layers import numeric_grad  # central differences, the same EPS
+
 FILLS = ["mean", "add", 0.5, np.array([1.0, -2.0])]
 FILL_IDS = ["mean", "add", "number", "array"]
 
@@ -31,19 +32,6 @@ def multigraph(n_dst: int, n_src: int, n_edges: int, seed: int) -> tuple[sg.CSRG
     ei = np.stack([src, dst])
     g, perm = sg.CSRGraph.from_edge_index(ei, num_src=n_src, num_dst=n_dst, return_perm=True)
     return g, perm, ei
-
-
-def _numeric(f, a: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        old = a[idx]
-        a[idx] = old + EPS
-        fp = f()
-        a[idx] = old - EPS
-        fm = f()
-        a[idx] = old
-        out[idx] = (fp - fm) / (2 * EPS)
-    return out
 
 
 def _close(num: np.ndarray, ana, what: str) -> None:
@@ -70,7 +58,7 @@ def edge_gradcheck(layer, x, g, edge_attr, training: bool = False) -> tuple:
 
     for name, arr in snapshot.params.items():
         work = arr.copy()
-        _close(_numeric(lambda: loss(name, work), work), layer.grads.get(name), f"d/d {name}")
+        _close(numeric_grad(lambda: loss(name, work), work), layer.grads.get(name), f"d/d {name}")
     xs, dxs = (x, dx) if isinstance(x, tuple) else ((x,), (dx,))
     for i, xi in enumerate(xs):
         if xi is None:
@@ -78,12 +66,12 @@ def edge_gradcheck(layer, x, g, edge_attr, training: bool = False) -> tuple:
             continue
         work = xi.copy()
         state["x"] = tuple(work if j == i else a for j, a in enumerate(xs)) if isinstance(x, tuple) else work
-        _close(_numeric(loss, work), dxs[i], f"dx[{i}]")
+        _close(numeric_grad(loss, work), dxs[i], f"dx[{i}]")
         state["x"] = x
     if edge_attr is not None:
         work = edge_attr.copy()
         state["e"] = work
-        _close(_numeric(loss, work), layer.edge_attr_grad, "d/d edge_attr")
+        _close(numeric_grad(loss, work), layer.edge_attr_grad, "d/d edge_attr")
     return y, dx
 
 
