@@ -858,7 +858,7 @@ def test_torch_layer_step_matches_pyg(family):
 
 @pytest.mark.parametrize("family", ["powerlaw", "bipartite"])
 def test_pure_jax_reference_matches_sparsegat(family, keep_x64):
-    # bench/jax_attention_cpu.py and the jax-pure backend time this function.
+    # bench/jax_attention.py and the jax-pure backend time this function.
     from sparsegat.spec import SCORES
 
     if keep_x64 is None:

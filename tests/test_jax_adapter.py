@@ -464,13 +464,17 @@ def _gpu_devices():
         return []
 
 
+NEEDS_GPU = pytest.mark.skipif(not _gpu_devices() or importlib.util.find_spec("cupy") is None,
+                               reason="needs a JAX GPU device and CuPy")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_devices() or importlib.util.find_spec("cupy") is None,
-                    reason="needs a JAX GPU device and CuPy")
-@pytest.mark.parametrize("score", ["dot", "gatv2", "euclidean"])
-def test_gpu_buffers_match_the_cpu(score):
+@NEEDS_GPU
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("score", SCORES)
+def test_gpu_buffers_match_the_cpu(score, dtype):
     gpu, cpu = _gpu_devices()[0], jax.devices("cpu")[0]
-    p = make_inputs(score, np.float64)
+    p = make_inputs(score, dtype)
     options = dict(score=score, dropout=0.3, seed=9)
 
     def value_and_grad(p):
@@ -480,4 +484,61 @@ def test_gpu_buffers_match_the_cpu(score):
     on_cpu = jax.jit(value_and_grad)(jax.device_put(p, cpu))
     for a, b in zip(jax.tree.leaves(on_gpu), jax.tree.leaves(on_cpu)):
         assert list(a.devices())[0].platform == "gpu"
+        close(a, b, dtype)
+
+
+@pytest.mark.gpu
+@NEEDS_GPU
+def test_gpu_kernels_read_xla_buffers_in_place(monkeypatch):
+    """On a GPU the CuPy arrays the core receives are views of XLA's device buffers, and
+    the graph is moved to that device once and then reused."""
+    seen = {}
+    core_forward, core_backward = _callbacks.core_forward, _callbacks.core_backward
+
+    def spy_forward(g, q, k, v, **kw):
+        seen["forward"] = (type(q).__module__, q.data.ptr, v.data.ptr)
+        seen.setdefault("graphs", []).append(g)
+        return core_forward(g, q, k, v, **kw)
+
+    def spy_backward(ctx, dout, **kw):
+        seen["backward"] = (ctx.q.data.ptr, ctx.v.data.ptr, ctx.backend)
+        return core_backward(ctx, dout, **kw)
+
+    monkeypatch.setattr(_callbacks, "core_forward", spy_forward)
+    monkeypatch.setattr(_callbacks, "core_backward", spy_backward)
+    p = jax.device_put(make_inputs("dot", np.float32, bias=False), _gpu_devices()[0])
+    q, k, v = p["q"], p["k"], p["v"]
+    for _ in range(2):
+        jax.jit(lambda q, k, v: sj.attention(G, q, k, v))(q, k, v).block_until_ready()
+    assert seen["forward"] == ("cupy", q.unsafe_buffer_pointer(), v.unsafe_buffer_pointer())
+    assert seen["graphs"][0] is seen["graphs"][1] and seen["graphs"][0].device == "cupy"
+    jax.jit(jax.grad(lambda q, k, v: sj.attention(G, q, k, v).sum()))(q, k, v).block_until_ready()
+    assert seen["backward"] == (q.unsafe_buffer_pointer(), v.unsafe_buffer_pointer(), "cupy")
+
+
+@pytest.mark.gpu
+@NEEDS_GPU
+def test_gpu_layer_training_steps_in_scan_match_the_cpu():
+    """Two GAT layers, dropout keys, ten jitted SGD steps inside lax.scan: GPU as CPU."""
+    gpu, cpu = _gpu_devices()[0], jax.devices("cpu")[0]
+    key = jax.random.key(0)
+    params = [sj.gat_conv.init(key, 5, 3, heads=2, dtype=np.float64),
+              sj.gat_conv.init(jax.random.key(1), 6, 2, heads=1, dtype=np.float64)]
+    x = _features(6, 5, np.float64)
+
+    def loss(params, key, x):
+        k1, k2 = jax.random.split(key)
+        h = jax.nn.elu(sj.gat_conv.apply(params[0], x, SQUARE, dropout=0.5, training=True, key=k1))
+        y = sj.gat_conv.apply(params[1], h, SQUARE, dropout=0.5, training=True, key=k2)
+        return ((y - 0.5) ** 2).mean()
+
+    def train(params, x_on):
+        def step(params, key):
+            value, grads = jax.value_and_grad(loss)(params, key, x_on)
+            return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), value
+        return jax.lax.scan(step, params, jax.random.split(jax.random.key(3), 10))
+
+    on_gpu = jax.jit(train)(jax.device_put(params, gpu), jax.device_put(x, gpu))
+    on_cpu = jax.jit(train)(jax.device_put(params, cpu), jax.device_put(x, cpu))
+    for a, b in zip(jax.tree.leaves(on_gpu), jax.tree.leaves(on_cpu)):
         close(a, b, np.float64)

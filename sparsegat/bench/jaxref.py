@@ -7,7 +7,7 @@ What one writes in JAX without sparsegat: per-edge gathers ``q[rows]``, ``k[cols
 arrays of ``nnz*H*D`` values are materialised (sparsegat's kernels never do).
 
 Used by ``sparsegat bench --backends jax-pure`` (:mod:`sparsegat.bench.jax_runner`)
-and by ``bench/jax_attention_cpu.py``. Only JAX is needed (not
+and by ``bench/jax_attention.py``. Only JAX is needed (not
 :mod:`sparsegat.jax`). Scalars are Python floats, so float32 inputs stay float32
 when ``jax_enable_x64`` is on.
 """

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Sparse attention in JAX on the CPU: sparsegat.jax.attention against the same operator in pure JAX.
+"""Sparse attention in JAX: sparsegat.jax.attention against the same operator in pure JAX, on CPU or GPU.
 
 Workload: a seeded uniform graph (every node draws ``--degree`` sources uniformly; repeats
 merged, so slightly fewer edges than nodes x degree), default 100k nodes and about 1.6M
 edges; ``--heads`` x ``--features`` per head (4 x 32), ``Dv = D``; float32; score ``dot``
 (``--score`` picks any of sparsegat's scores).
 
-- ``sparsegat.jax``: :func:`sparsegat.jax.attention`, the fused CPU kernels of the
-  ``--backend`` (Numba by default) reading XLA's buffers in place
-  (``jax.experimental.buffer_callback``), with sparsegat's hand-written backward;
+- ``sparsegat.jax``: :func:`sparsegat.jax.attention`, the fused kernels reading XLA's
+  buffers in place (``jax.experimental.buffer_callback``), with sparsegat's hand-written
+  backward: on the CPU those of the ``--backend`` (Numba by default), on a GPU
+  (``--platform gpu``) the CUDA kernels of the ``cupy`` backend on XLA's stream;
 - ``pure JAX``: the operator written with JAX primitives, as one would without
   sparsegat: per-edge gathers ``q[rows]``, ``k[cols]``, ``v[cols]``, the scores, a
   numerically stable softmax with ``jax.ops.segment_max``/``segment_sum`` over the CSR
@@ -22,13 +23,15 @@ timed call): ``--repeat`` timed calls after ``--warmup`` untimed ones, median an
 Peak extra host memory (:class:`sparsegat.bench.timing.HostMemoryProbe`: the peak resident
 set during one call minus the resident set before it) is measured in a fresh process per
 implementation and pass, after one untimed call, so compilation and the graph's cached
-structures are not counted: the steady state of a training loop.
+structures are not counted: the steady state of a training loop. On a GPU the peak is
+not measured (``--no-memory`` implied): XLA's and CuPy's pools each hold their own.
 
 Usage::
 
-    python bench/jax_attention_cpu.py                            # the configuration above
-    python bench/jax_attention_cpu.py --nodes 20000 --repeat 3   # quicker
-    python bench/jax_attention_cpu.py --score additive --json out.json
+    python bench/jax_attention.py                            # the configuration above
+    python bench/jax_attention.py --nodes 20000 --repeat 3   # quicker
+    python bench/jax_attention.py --score additive --json out.json
+    python bench/jax_attention.py --platform gpu --repeat 10     # on JAX's first GPU
 """
 
 from __future__ import annotations
@@ -54,8 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--features", type=int, default=32, help="features per head (D = Dv)")
     parser.add_argument("--score", choices=SCORES, default="dot")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--platform", choices=["cpu", "gpu"], default="cpu",
+                        help="JAX platform to run on (gpu: sparsegat's cupy backend on XLA's stream)")
     parser.add_argument("--backend", choices=["numba", "numpy"], default=None,
-                        help="sparsegat's CPU backend (default: numba when installed)")
+                        help="sparsegat's CPU backend (default: numba when installed); ignored on a GPU")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -69,6 +74,7 @@ class Problem:
     """Graph, inputs, ``R`` and the two jitted implementations of one configuration."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        os.environ["JAX_PLATFORMS"] = args.platform if args.platform == "cpu" else "cuda,cpu"
         import jax
 
         if args.dtype == "float64":
@@ -93,7 +99,8 @@ class Problem:
         self.R = jnp.asarray(rng.standard_normal((n, heads, d)), dtype)
         self.rows = jnp.asarray(np.asarray(self.g.row_ids()).astype(np.int32))
         self.cols = jnp.asarray(np.asarray(self.g.indices).astype(np.int32))
-        g, options, backend = self.g, self.options, args.backend
+        g, options = self.g, self.options
+        backend = None if args.platform == "gpu" else args.backend
         self.ops = {OURS: lambda q, k, v: sj.attention(g, q, k, v, backend=backend, **options),
                     PURE: lambda q, k, v: self.pure_attention(q, k, v, **options)}
 
@@ -144,7 +151,8 @@ def measure_memory(args: argparse.Namespace) -> None:
 def child_command(args: argparse.Namespace, impl: str, name: str) -> list[str]:
     keep = ["--nodes", str(args.nodes), "--degree", str(args.degree), "--heads", str(args.heads),
             "--features", str(args.features), "--score", args.score, "--dtype", args.dtype,
-            "--seed", str(args.seed)] + (["--backend", args.backend] if args.backend else [])
+            "--seed", str(args.seed), "--platform", args.platform] + (
+                ["--backend", args.backend] if args.backend else [])
     return [sys.executable, os.path.abspath(__file__), *keep, "--measure-memory", impl, name]
 
 
@@ -156,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     from sparsegat.bench.timing import cpu_threads, format_seconds, run_json, summarize, time_calls
 
     p = Problem(args)
+    if args.platform == "gpu":
+        args.no_memory = True
+    device = p.inputs["q"].devices().pop()
+    print(f"JAX device: {device.platform} {getattr(device, 'device_kind', '')}")
     print(f"uniform graph: {p.g.n_dst} nodes, {p.g.nnz} edges; H={args.heads}, D=Dv={args.features}, "
           f"score={args.score}, {args.dtype}; {cpu_threads()} CPU threads; JAX {p.jax.__version__}")
     errors = compare(p)
@@ -184,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         doc = {"config": {k: v for k, v in vars(args).items() if k not in ("json", "measure_memory")},
                "graph": {"n": p.g.n_dst, "nnz": p.g.nnz}, "errors": errors, "results": results,
-               "jax": p.jax.__version__, "threads": cpu_threads()}
+               "jax": p.jax.__version__, "threads": cpu_threads(),
+               "device": f"{device.platform} {getattr(device, 'device_kind', '')}"}
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
     return 0
