@@ -33,7 +33,14 @@ layers
 kernels
     Kernel time of the CUDA backend's fused forward, without Python in between.
 report
-    The table on stdout, the JSON file, the plot, bandwidth and speed-up.
+    The table on stdout, the JSON file, bandwidth and speed-up.
+plot_data
+    What the plot shows, without matplotlib: which series are lines, names, tick labels, caption.
+plot
+    The ``--plot`` figure (matplotlib, imported lazily); ``python -m sparsegat.bench.plot``
+    draws a saved JSON file again.
+busy
+    The load-average rule behind the busy-machine notes and the plot's warning.
 cli
     ``sparsegat bench`` argument parsing and the sweep loop.
 

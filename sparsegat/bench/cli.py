@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write every measurement and the machine description")
     o.add_argument("--plot", metavar="FILE.png",
-                   help="plot time against graph size per backend (needs matplotlib; .png, .pdf, .svg)")
+                   help="plot time and speed-up per backend and graph (needs matplotlib; .png, .pdf, .svg)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     o.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -350,6 +350,7 @@ def _load1() -> float | None:
 
 def _busy_note() -> str | None:
     """A warning when other processes keep the CPUs busy (Unix load average)."""
+    from .busy import busy_at_start
     from .timing import cpu_threads
 
     try:
@@ -357,7 +358,7 @@ def _busy_note() -> str | None:
     except (AttributeError, OSError):
         return None
     cpus = cpu_threads()
-    if load > 0.5 * cpus + 0.5:
+    if busy_at_start(load, cpus):
         return (f"the machine is busy (1-minute load average {load:.1f} on {cpus} CPUs): "
                 "timings of multi-threaded backends will be noisy")
     return None
@@ -525,11 +526,12 @@ def _run_sweep(args: argparse.Namespace, setup: Setup, sweep: Sweep) -> None:
 
 def _note_run_problems(setup: Setup, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Notes on load that grew during the run and on failed measurements; returns the failures."""
+    from .busy import busy_during_run
     from .timing import cpu_threads
 
     loads = [r["load_average_1min"] for r in results if r.get("load_average_1min") is not None]
     # The run itself keeps up to every CPU busy, so only more runnable threads than CPUs count.
-    if loads and not setup.busy and max(loads) > cpu_threads() + 1:
+    if loads and not setup.busy and busy_during_run(max(loads), cpu_threads()):
         setup.notes.append(f"the machine got busy during the run (1-minute load average up to {max(loads):.1f} "
                            f"on {cpu_threads()} CPUs): later timings may be noisy; see load_average_1min in "
                            "the JSON")
@@ -541,15 +543,12 @@ def _note_run_problems(setup: Setup, results: list[dict[str, Any]]) -> list[dict
     return errors
 
 
-def _write_plot(path: str, sweep: Sweep, machine: dict[str, Any], setup: Setup) -> bool:
-    """Draw the plot; False (with a note) when that fails."""
-    from .report import plot
+def _write_plot(path: str, sweep: Sweep, machine: dict[str, Any], setup: Setup, baseline: str) -> bool:
+    """Draw the plot (machine and load in its caption); False (with a note) when that fails."""
+    from .plot import plot
 
-    gpu = machine["gpu"]
-    title = (f"sparsegat bench on {machine['cpu_model']} ({machine['threads']['usable_cpus']} threads)"
-             + (f", {gpu}" if gpu else ""))
     try:
-        plot(sweep.results, sweep.graph_desc, path, title=title)
+        plot(sweep.results, sweep.graph_desc, path, machine=machine, baseline=baseline, notes=setup.notes)
     except Exception as exc:  # a plot problem must not lose the measurements
         setup.notes.append(f"no plot: {_error_text(exc)}")
         return False
@@ -606,7 +605,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     machine["load_average_start"] = setup.load_start
     written = True
     if args.plot:
-        written &= _write_plot(args.plot, sweep, machine, setup)
+        written &= _write_plot(args.plot, sweep, machine, setup, args.baseline)
     if args.json:
         written &= _write_document(args.json, _document(args, argv, setup, sweep, machine, elapsed), setup)
     print(format_table(sweep.results, sweep.graph_desc, args.baseline))

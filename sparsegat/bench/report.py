@@ -1,4 +1,4 @@
-"""Reports of ``sparsegat bench``: table, JSON, plot, speed-ups, machine.
+"""Reports of ``sparsegat bench``: table, JSON, speed-ups, machine (the plot: :mod:`sparsegat.bench.plot`).
 
 The bytes each operation must move (the effective-bandwidth column) come from
 :func:`sparsegat.bench.traffic.model_bytes`.
@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -251,80 +251,5 @@ def write_json(path: str, document: dict[str, Any]) -> None:
 
 
 def matplotlib_available() -> bool:
+    """True when matplotlib can be imported (the ``bench`` extra); the figure is :mod:`sparsegat.bench.plot`."""
     return importlib.util.find_spec("matplotlib") is not None
-
-
-BACKEND_ORDER = ("numpy", "numba", "cupy", "torch", "pyg", "pyg-cuda", "jax", "jax-pure")
-BACKEND_COLORS = {"numpy": "tab:blue", "numba": "tab:orange", "cupy": "tab:green", "pyg": "tab:red",
-                  "pyg-cuda": "tab:purple", "torch": "tab:brown", "jax": "tab:olive", "jax-pure": "tab:cyan"}
-_PLOT_DIMS = ("family", "degree", "score", "dtype", "heads", "d", "dv", "in_dim")
-
-
-def _dim_value(r: dict[str, Any], dim: str, graphs: list[dict[str, Any]]) -> Any:
-    if dim == "family":
-        return graphs[r["graph_index"]]["family"]
-    if dim == "degree":
-        return graphs[r["graph_index"]]["requested"].get("degree")
-    return r["config"].get(dim)
-
-
-def _variant_label(r: dict[str, Any], varying: Iterable[str], graphs: list[dict[str, Any]]) -> str:
-    parts = []
-    for dim in varying:
-        value = _dim_value(r, dim, graphs)
-        if value is None:
-            continue
-        if dim in ("family", "score", "dtype"):
-            parts.append(str(value))
-        elif dim == "degree":
-            parts.append(f"deg {value}")
-        else:
-            parts.append(f"{dim}={value}")
-    return " ".join(parts)
-
-
-def plot(results: list[dict[str, Any]], graphs: list[dict[str, Any]], path: str, title: str = "") -> None:
-    """Median time against graph size (edges) per backend, log axes, min-max error bars.
-
-    One panel per operation; one colour per backend; when the sweep varies
-    anything else (score, dtype, heads, ...), one marker and line style per variant.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    ok = [r for r in results if r["status"] == "ok"]
-    if not ok:
-        raise ValueError("nothing to plot: no measurement succeeded")
-    ops = [op for op in ("forward", "backward", "layer") if any(r["config"]["op"] == op for r in ok)]
-    fig = Figure(figsize=(5.2 * len(ops), 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(ops), squeeze=False)[0]
-    markers, styles = "osD^v<>ph*", ("-", "--", ":", "-.")
-    for ax, op in zip(axes, ops):
-        rs = [r for r in ok if r["config"]["op"] == op]
-        varying = [d for d in _PLOT_DIMS if len({_dim_value(r, d, graphs) for r in rs}) > 1]
-        series: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for r in rs:
-            series.setdefault((r["backend"], _variant_label(r, varying, graphs)), []).append(r)
-        variants = sorted({v for _, v in series})
-        order = {b: i for i, b in enumerate(BACKEND_ORDER)}
-        for (backend, variant), pts in sorted(series.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])):
-            pts.sort(key=lambda r: graphs[r["graph_index"]]["nnz"])
-            x = np.array([graphs[r["graph_index"]]["nnz"] for r in pts], dtype=float)
-            y = np.array([r["median_s"] for r in pts]) * 1e3
-            lo = y - np.array([r["min_s"] for r in pts]) * 1e3
-            hi = np.array([r["max_s"] for r in pts]) * 1e3 - y
-            vi = variants.index(variant)
-            ax.errorbar(x, y, yerr=[lo, hi], marker=markers[vi % len(markers)],
-                        linestyle=styles[vi % len(styles)], color=BACKEND_COLORS.get(backend),
-                        capsize=3, label=f"{backend} {variant}".strip())
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("edges (nnz)")
-        ax.set_ylabel("median time (ms), bars: min-max")
-        ax.set_title(op)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
-    if title:
-        fig.suptitle(title, fontsize="medium")
-    fig.savefig(path, dpi=120)
