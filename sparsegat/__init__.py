@@ -24,6 +24,7 @@ from .spec import SCORES as SCORES
 from .spec import AttentionContext as AttentionContext
 from .spec import AttentionSpec as AttentionSpec
 from .spec import Gradients as Gradients
+from .warmup import warmup as warmup
 
 #: Subpackages imported on first attribute access (PEP 562).
 _LAZY_SUBMODULES = ("nn", "optim", "datasets", "train")
@@ -39,6 +40,7 @@ __all__ = [
     "AttentionSpec",
     "Gradients",
     "SCORES",
+    "warmup",
     "__version__",
     "nn",
     "optim",

@@ -191,6 +191,62 @@ def _contiguous(kind: str, arrays: dict[str, Any]) -> dict[str, Any]:
     return {n: None if a is None else xp.ascontiguousarray(a) for n, a in arrays.items()}
 
 
+# ---------------------------------------------------------------------- out= arrays
+def _check_out(name: str, a: Any, shape: tuple, dtype: np.dtype, kind: str, inputs: dict[str, Any]) -> Any:
+    """An ``out=`` array checked to fit (None passes): kind, shape, dtype, layout, no overlap."""
+    if a is None:
+        return None
+    if array_kind(a) != kind:
+        raise TypeError(f"{name} must be a {kind} array like the inputs, got {type(a).__name__}")
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    if np.dtype(a.dtype) != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} like the inputs, got {a.dtype}")
+    if not a.flags.c_contiguous or (kind == "numpy" and not a.flags.writeable):
+        raise ValueError(f"{name} must be a C-contiguous, writeable array")
+    xp = namespace(kind)
+    for other, x in inputs.items():
+        if x is not None and xp.may_share_memory(a, x):
+            raise ValueError(f"{name} shares memory with {other}; pass a separate array")
+    return a
+
+
+def _gradient_targets(ctx: AttentionContext, out: Any, kind: str, dout: Any) -> dict[str, Any]:
+    """``attention_backward``'s ``out=`` mapping, checked: gradient name -> array."""
+    if out is None:
+        return {}
+    if not isinstance(out, dict):
+        raise TypeError(f"out must be a dict of gradient name -> array, got {type(out).__name__}")
+    dtype = np.dtype(ctx.out.dtype)
+    shapes = {"q": ctx.q.shape, "k": ctx.k.shape, "v": ctx.v.shape}
+    if ctx.att is not None:
+        shapes["att"] = ctx.att.shape
+    if ctx.spec.score in TAU_SCORES:
+        shapes["tau"] = ()
+    if ctx.edge_bias is not None:
+        shapes["edge_bias"] = ctx.edge_bias.shape
+    inputs = {"q": ctx.q, "k": ctx.k, "v": ctx.v, "att": ctx.att, "edge_bias": ctx.edge_bias,
+              "out of the forward pass": ctx.out, "dout": dout}
+    targets: dict[str, Any] = {}
+    for name, a in out.items():
+        if name not in shapes:
+            raise ValueError(f"out has a key {name!r}; this call's gradients are {', '.join(shapes)}")
+        targets[name] = _check_out(f"out[{name!r}]", a, shapes[name], dtype, kind, inputs)
+    for i, (n1, a1) in enumerate(targets.items()):
+        for n2, a2 in list(targets.items())[i + 1:]:
+            if namespace(kind).may_share_memory(a1, a2):
+                raise ValueError(f"out[{n1!r}] and out[{n2!r}] share memory; pass separate arrays")
+    return targets
+
+
+def write_into(target: Any, result: Any) -> Any:
+    """``result`` copied into ``target`` (unless it is that array already); ``result`` when no target."""
+    if target is None or target is result:
+        return result
+    target[...] = result
+    return target
+
+
 # ---------------------------------------------------------------------- the NaN/inf rule
 def _finite_flags(arrays: list[Any]) -> list[bool]:
     """Whether every entry of each array is finite (``None`` and empty arrays are).
@@ -282,7 +338,8 @@ def _check_forward_result(spec: AttentionSpec, dtype: np.dtype, saved: dict, out
 def attention_forward(g: CSRGraph, q: Any, k: Any, v: Any, score: str = "dot", att: Any = None,
                       tau: float = 1.0, negative_slope: float = 0.2, edge_bias: Any = None,
                       dropout: float = 0.0, seed: int | None = None,
-                      backend: str | None = None, check_finite: bool = True) -> tuple[Any, AttentionContext]:
+                      backend: str | None = None, check_finite: bool = True, *,
+                      out: Any = None) -> tuple[Any, AttentionContext]:
     """Sparse graph attention: per-edge scores, a softmax over each row, aggregation of values.
 
     Parameters
@@ -318,11 +375,15 @@ def attention_forward(g: CSRGraph, q: Any, k: Any, v: Any, score: str = "dot", a
         ``edge_bias`` holding NaN or infinite values. ``False`` skips this check (two
         reductions per input) for speed; results for non-finite inputs are then
         unspecified (possibly NaN, or a ``ValueError``), but never a crash.
+    out : array, shape (n_dst, H, Dv), optional
+        Where to write the result (as NumPy's ``out=``): C-contiguous, writeable, of the
+        inputs' dtype and array type, sharing no memory with an input. The Numba kernels
+        write into it directly; the other backends copy their result into it.
 
     Returns
     -------
     out : array, shape (n_dst, H, Dv)
-        Aggregated values; zero for rows without edges.
+        Aggregated values; zero for rows without edges (the ``out`` argument when given).
     ctx : AttentionContext
         Everything :func:`attention_backward` needs.
 
@@ -342,12 +403,14 @@ def attention_forward(g: CSRGraph, q: Any, k: Any, v: Any, score: str = "dot", a
     if check_finite:
         _check_finite_inputs(arrays)
     q, k, v, att, edge_bias = (arrays[n] for n in ("q", "k", "v", "att", "edge_bias"))
-    out, saved = get_backend(name).forward(g, q, k, v, att, edge_bias, spec)
+    out = _check_out("out", out, (g.n_dst, v.shape[1], v.shape[2]), dtype, kind, arrays)
+    out, saved = get_backend(name).forward(g, q, k, v, att, edge_bias, spec, out=out)
     _check_forward_result(spec, dtype, saved, out, check_finite)
     return out, AttentionContext(g, q, k, v, att, edge_bias, spec, name, out, saved)
 
 
-def attention_backward(ctx: AttentionContext, dout: Any, check_finite: bool = True) -> Gradients:
+def attention_backward(ctx: AttentionContext, dout: Any, check_finite: bool = True, *,
+                       out: dict[str, Any] | None = None) -> Gradients:
     """Gradients of a loss with respect to every input of :func:`attention_forward`.
 
     Parameters
@@ -360,6 +423,12 @@ def attention_backward(ctx: AttentionContext, dout: Any, check_finite: bool = Tr
     check_finite : bool, default True
         Refuse a ``dout`` holding NaN or infinite values (``ValueError``). ``False``
         skips the check; results for a non-finite ``dout`` are then unspecified.
+    out : dict, optional
+        Arrays to write gradients into, keyed by the names of :class:`Gradients`
+        (``"q"``, ``"k"``, ``"v"``, ``"att"``, ``"tau"``, ``"edge_bias"``; any subset of
+        those the call returns), each with the rules of ``out`` in
+        :func:`attention_forward`. The Numba kernels write ``q``, ``k``, ``v`` and
+        ``edge_bias`` directly; everything else is copied in.
 
     Returns
     -------
@@ -387,8 +456,10 @@ def attention_backward(ctx: AttentionContext, dout: Any, check_finite: bool = Tr
     dout = _contiguous(kind, {"dout": dout})["dout"]
     if check_finite:
         _check_finite_inputs({"dout": dout})
+    targets = _gradient_targets(ctx, out, kind, dout)
     grads = get_backend(ctx.backend).backward(ctx.graph, ctx.q, ctx.k, ctx.v, ctx.att, ctx.edge_bias,
-                                              ctx.spec, ctx.out, ctx.saved, dout)
+                                              ctx.spec, ctx.out, ctx.saved, dout, into=targets)
+    grads = {name: write_into(targets.get(name), grad) for name, grad in grads.items()}
     _check_results({f"the gradient of {name}": grad for name, grad in grads.items()}, ctx.spec,
                    np.dtype(ctx.out.dtype), check_finite,
                    f"a {ctx.spec.score!r} score (or a product with its gradient)")

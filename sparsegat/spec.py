@@ -48,6 +48,11 @@ class AttentionSpec:
         Drop iff ``(hash >> 11) < threshold``; 0 without dropout.
     seed : int or None
         The seed the caller gave (or the one drawn for them).
+    edge_offset : int
+        CSR position, in a larger graph, of this graph's first edge: dropout decides
+        edge ``e`` as edge ``edge_offset + e`` of that graph, so a row block of a
+        partitioned graph (:mod:`sparsegat.distributed`) drops exactly the edges the
+        whole graph would. 0 (the graph is the whole graph) everywhere else.
     """
 
     score: str
@@ -57,6 +62,7 @@ class AttentionSpec:
     seed_key: int = 0
     threshold: int = 0
     seed: int | None = None
+    edge_offset: int = 0
 
     @property
     def keep_scale(self) -> float:

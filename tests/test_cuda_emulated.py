@@ -258,6 +258,20 @@ def test_dropout_keep_decisions_are_bit_identical(rt, dtype):
         assert_close("weights", w, ref, dtype)
 
 
+def test_dropout_on_a_row_block_is_refused_not_drawn_differently(rt):
+    """The kernels hash CSR positions from 0; a block of a larger graph (edge_offset > 0,
+    sparsegat.distributed) would get another mask, so it is refused; without dropout it runs."""
+    import dataclasses
+
+    g = hub_graph(I32)
+    inp = make_inputs(g, "dot", F64, SMALL_DIMS, bias=False)
+    spec = dataclasses.replace(make_spec("dot", 0.5, seed=3), edge_offset=7)
+    with pytest.raises(NotImplementedError, match="edge_offset"):
+        cl.weights(g, inp["q"], inp["k"], None, None, spec, rt)
+    w = cl.weights(g, inp["q"], inp["k"], None, None, dataclasses.replace(make_spec("dot"), edge_offset=7), rt)
+    assert np.isfinite(w).all()
+
+
 @pytest.mark.parametrize("index_dtype", [I32, I64], ids=lambda d: d.name)
 @pytest.mark.parametrize("shape,rows", [((0, 0), []), ((0, 5), []), ((4, 0), [[]] * 4),
                                         ((5, 3), [[]] * 5)], ids=["0x0", "0x5", "4x0", "no-edges"])

@@ -11,6 +11,7 @@ against PyTorch Geometric, and the GPU route where there is one.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import subprocess
 import sys
 
@@ -177,29 +178,53 @@ def test_backward_is_deterministic():
 
 # ---------------------------------------------------------------------- zero copy, routes
 def test_the_kernels_read_xla_buffers_in_place(monkeypatch):
-    """The NumPy arrays the core receives are views of JAX's operand buffers (forward and
-    backward); the results are copied into XLA's result buffers (documented)."""
+    """The NumPy arrays the core receives are views of JAX's operand buffers, and the ones
+    it writes ``out`` and the gradients into are views of XLA's result buffers."""
     seen = {}
     core_forward, core_backward = _callbacks.core_forward, _callbacks.core_backward
 
+    def address(a):
+        return a.__array_interface__["data"][0]
+
     def spy_forward(g, q, k, v, **kw):
         seen["graph"] = g
-        seen["forward"] = (q.__array_interface__["data"][0], v.__array_interface__["data"][0])
+        seen["forward"] = (address(q), address(v))
+        seen["out"] = address(kw["out"])
         return core_forward(g, q, k, v, **kw)
 
     def spy_backward(ctx, dout, **kw):
-        seen["backward"] = (ctx.q.__array_interface__["data"][0], ctx.v.__array_interface__["data"][0])
+        seen["backward"] = (address(ctx.q), address(ctx.v))
+        seen["grads"] = {n: address(a) for n, a in kw["out"].items()}
         return core_backward(ctx, dout, **kw)
 
     monkeypatch.setattr(_callbacks, "core_forward", spy_forward)
     monkeypatch.setattr(_callbacks, "core_backward", spy_backward)
     p = make_inputs("dot", np.float32)
     q, k, v = p["q"], p["k"], p["v"]
-    jax.jit(lambda q, k, v: sj.attention(G, q, k, v))(q, k, v).block_until_ready()
+    y = jax.jit(lambda q, k, v: sj.attention(G, q, k, v))(q, k, v).block_until_ready()
     assert seen["forward"] == (q.unsafe_buffer_pointer(), v.unsafe_buffer_pointer())
+    assert seen["out"] == y.unsafe_buffer_pointer()
     assert seen["graph"] is G  # the very graph object, with its cached structures
-    jax.jit(jax.grad(lambda q, k, v: sj.attention(G, q, k, v).sum()))(q, k, v).block_until_ready()
+    grads = jax.jit(jax.grad(lambda q, k, v: sj.attention(G, q, k, v).sum(), argnums=(0, 1, 2)))(q, k, v)
+    jax.block_until_ready(grads)
     assert seen["backward"] == (q.unsafe_buffer_pointer(), v.unsafe_buffer_pointer())
+    assert seen["grads"] == {n: a.unsafe_buffer_pointer() for n, a in zip("qkv", grads)}
+
+
+def test_a_failing_gpu_callback_is_logged_and_gives_nan(caplog):
+    """On a GPU an error inside the callback is logged and its results are NaN (and the
+    layout code -1, which the backward refuses); on the host it is raised."""
+    outs = (np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((), np.int32), None)
+    with caplog.at_level(logging.ERROR, logger="sparsegat.jax"):
+        with _callbacks._contained("cupy", outs, np.asarray):
+            raise ValueError("boom")
+    assert np.isnan(outs[0]).all() and np.isnan(outs[1]).all() and int(outs[2]) == -1
+    assert "boom" in caplog.text and "results are NaN" in caplog.text
+    with pytest.raises(ValueError, match="layout -1"):
+        _callbacks.layout(-1)
+    with pytest.raises(ValueError, match="boom"):
+        with _callbacks._contained("numpy", outs, np.asarray):
+            raise ValueError("boom")
 
 
 def test_pure_callback_route_gives_the_same_results():

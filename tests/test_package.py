@@ -25,7 +25,7 @@ def test_import_is_light_and_subpackages_load_on_first_use():
     out = run_fresh("""
         import sys
         import sparsegat as sg
-        heavy = [m for m in ("numba", "cupy", "torch", "jax", "dask", "scipy", "sparsegat.nn",
+        heavy = [m for m in ("numba", "cupy", "torch", "jax", "dask", "distributed", "scipy", "sparsegat.nn",
                              "sparsegat.optim", "sparsegat.datasets", "sparsegat.train") if m in sys.modules]
         assert not heavy, heavy
         assert {"nn", "optim", "datasets", "train"} <= set(dir(sg))
@@ -85,3 +85,15 @@ def test_backends_live_in_one_room_each_and_share_the_function_set():
         theirs = functions(room)
         for name in BACKEND_FUNCTIONS:
             assert theirs.get(name) == ref[name], (room, name)
+
+
+def test_distributed_partition_imports_no_dask():
+    """sparsegat.distributed loads Dask only when an operator, the trainer or a cluster is used."""
+    run_fresh("""
+        import sys
+        import sparsegat as sg
+        from sparsegat.distributed import partition_graph
+        g = sg.CSRGraph.from_edge_index([0, 1, 2], [1, 2, 0])
+        assert partition_graph(g, 2).parts == 2
+        assert not [m for m in ("dask", "distributed") if m in sys.modules]
+    """)

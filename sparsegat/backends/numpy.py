@@ -133,7 +133,7 @@ def _dropped(p: np.ndarray, spec: AttentionSpec) -> np.ndarray:
     """Weights after dropout: ``p * keep / (1 - dropout)``."""
     if spec.dropout == 0.0:
         return p
-    keep = keep_mask(spec.seed_key, 0, p.shape[0], p.shape[1], spec.threshold)
+    keep = keep_mask(spec.seed_key, spec.edge_offset, spec.edge_offset + p.shape[0], p.shape[1], spec.threshold)
     return np.where(keep, p * p.dtype.type(spec.keep_scale), p.dtype.type(0))
 
 
@@ -166,16 +166,23 @@ def weights(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any, spec
 
 @_quiet
 def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
-            spec: AttentionSpec) -> tuple[np.ndarray, dict]:
-    """Scores, row softmax, dropout, aggregation; saves the row max and log-denominator (n_dst, H)."""
+            spec: AttentionSpec, out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Scores, row softmax, dropout, aggregation (copied into ``out`` when given); saves
+    the row max and log-denominator (n_dst, H)."""
     p, m, log_denom = _softmax(g, _scores(g, q, k, att, edge_bias, spec))
-    return _aggregate(g, _dropped(p, spec), v), {ROW_MAX: m, ROW_LOG_DENOM: log_denom}
+    result = _aggregate(g, _dropped(p, spec), v)
+    if out is not None:
+        out[...] = result
+        result = out
+    return result, {ROW_MAX: m, ROW_LOG_DENOM: log_denom}
 
 
 @_quiet
 def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
-             spec: AttentionSpec, out: np.ndarray, saved: dict, dout: np.ndarray) -> dict:
-    """Gradients of every input; see ``docs/math.md`` for the derivation."""
+             spec: AttentionSpec, out: np.ndarray, saved: dict, dout: np.ndarray,
+             *, into: dict | None = None) -> dict:
+    """Gradients of every input; see ``docs/math.md`` for the derivation. (``into`` is
+    accepted as by the other backends; the caller copies the results there.)"""
     rows, cols = g.row_ids(), g.indices
     heads = v.shape[1]
     s = _scores(g, q, k, att, edge_bias, spec)

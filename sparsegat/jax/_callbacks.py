@@ -12,9 +12,10 @@ Each pass is staged out as one callback with static result shapes:
 
 **Routes.** On the CPU, CUDA and ROCm the callbacks are
 :func:`jax.experimental.buffer_callback`\\ s: the core reads XLA's operand buffers in
-place (NumPy views on the host, CuPy views on a GPU, launched on XLA's stream) and the
-results are copied into XLA's result buffers (the backends allocate their own outputs:
-one copy of each result, see ``docs/jax.md``). Elsewhere (another platform, a GPU without
+place (NumPy views on the host, CuPy views on a GPU, launched on XLA's stream) and write
+``out`` and the gradients into XLA's result buffers (``out=`` of the core: the Numba
+kernels directly, the other backends by one copy; the small softmax statistics are
+copied). Elsewhere (another platform, a GPU without
 CuPy, or a JAX without ``buffer_callback``) they are :func:`jax.pure_callback`\\ s: JAX
 copies the operands to the host and the results back, and the host backends run. The
 choice is made per platform with :func:`jax.lax.platform_dependent`, so one traced
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -52,6 +54,8 @@ except ImportError:  # pragma: no cover - depends on the installed JAX
 
 #: The statistic keys a backend may save; :func:`layout_code` numbers them by position here.
 _STAT_KEYS = (ROW_MAX, ROW_LOG_DENOM, ROW_INV_DENOM)
+#: Where GPU callback errors are reported (see :func:`_contained`).
+_LOG = logging.getLogger("sparsegat.jax")
 #: Host calls one at a time (see the module docstring).
 _HOST_LOCK = threading.Lock()
 #: "buffer", "pure" or None (per platform): which route new traces take (tests use :func:`forced_route`).
@@ -71,7 +75,7 @@ class Op:
     negative_slope: float
     dropout: float
     backend: str | None
-    check_finite: bool
+    check_finite: bool | None
 
 
 # ---------------------------------------------------------------------- layout of the statistics
@@ -85,8 +89,11 @@ def layout_code(backend: str, keys: tuple) -> int:
 
 
 def layout(code: int) -> tuple[str, tuple[str, str]]:
-    """``(backend, keys)`` of :func:`layout_code`."""
+    """``(backend, keys)`` of :func:`layout_code` (ValueError for a code it never makes, such
+    as the -1 of a failed GPU forward)."""
     n = len(_STAT_KEYS)
+    if not 0 <= code < len(BACKEND_NAMES) * n * n:
+        raise ValueError(f"no forward pass produced the statistics layout {code} (did it fail?)")
     return BACKEND_NAMES[code // (n * n)], (_STAT_KEYS[code // n % n], _STAT_KEYS[code % n])
 
 
@@ -100,28 +107,36 @@ def _options(op: Op, tau: Any, seed: Any) -> tuple[float, int | None]:
     return tau_value, (hi << 32) | lo
 
 
+def checks_finite(op: Op, kind: str) -> bool:
+    """The core's ``check_finite`` for arrays of ``kind``: the user's choice, else on the host only."""
+    return op.check_finite if op.check_finite is not None else kind == "numpy"
+
+
 def run_forward(op: Op, kind: str, device_id: int | None, q: Any, k: Any, v: Any, att: Any, tau: Any,
-                edge_bias: Any, seed: Any) -> tuple[Any, Any, Any, int]:
-    """``(out, stat0, stat1, layout code)`` of :func:`sparsegat.attention_forward` on arrays of ``kind``."""
+                edge_bias: Any, seed: Any, out: Any = None) -> tuple[Any, Any, Any, int]:
+    """``(out, stat0, stat1, layout code)`` of :func:`sparsegat.attention_forward` on arrays
+    of ``kind``, ``out`` written into the given array when there is one."""
     tau_value, seed_value = _options(op, tau, seed)
     g = graph_on(op.graph.graph, kind, device_id)
     out, ctx = core_forward(g, q, k, v, score=op.score, att=att, tau=tau_value,
                             negative_slope=op.negative_slope, edge_bias=edge_bias, dropout=op.dropout,
-                            seed=seed_value, backend=op.backend, check_finite=op.check_finite)
+                            seed=seed_value, backend=op.backend, check_finite=checks_finite(op, kind), out=out)
     keys = tuple(ctx.saved)
     code = layout_code(ctx.backend, keys)
     return out, ctx.saved[keys[0]], ctx.saved[keys[1]], code
 
 
 def run_backward(op: Op, kind: str, device_id: int | None, q: Any, k: Any, v: Any, att: Any, tau: Any,
-                 edge_bias: Any, seed: Any, out: Any, stats: Any, code: Any, dout: Any) -> tuple:
-    """``(dq, dk, dv, datt, dtau, dedge_bias)`` of :func:`sparsegat.attention_backward` (None where not given)."""
+                 edge_bias: Any, seed: Any, out: Any, stats: Any, code: Any, dout: Any,
+                 into: dict | None = None) -> tuple:
+    """``(dq, dk, dv, datt, dtau, dedge_bias)`` of :func:`sparsegat.attention_backward` (None
+    where not given), written into the arrays of ``into`` (gradient name -> array) where given."""
     tau_value, seed_value = _options(op, tau, seed)
     backend, keys = layout(int(_buffers.to_host(code).reshape(())))
     g = graph_on(op.graph.graph, kind, device_id)
     spec = _make_spec(op.score, tau_value, op.negative_slope, op.dropout, seed_value)
     ctx = AttentionContext(g, q, k, v, att, edge_bias, spec, backend, out, {keys[0]: stats[0], keys[1]: stats[1]})
-    grads = core_backward(ctx, dout, check_finite=op.check_finite)
+    grads = core_backward(ctx, dout, check_finite=checks_finite(op, kind), out=into)
     dtau = None
     if tau is not None:  # a traced tau: only for the scores that have one (checked when tracing)
         dtau = grads.tau
@@ -139,28 +154,44 @@ def _host_lock(kind: str) -> Iterator[None]:
         yield
 
 
-def _write_all(view: Any, outs: tuple, results: tuple) -> None:
-    for dst, src in zip(outs, results):
-        if dst is not None:
-            _buffers.write(view(dst), src)
+#: The names of the backward callback's results, in order (the core's gradient names).
+_GRADIENT_NAMES = ("q", "k", "v", "att", "tau", "edge_bias")
 
 
 def _forward_buffers(op: Op, ctx: Any, outs: tuple, q: Any, k: Any, v: Any, att: Any, tau: Any,
                      edge_bias: Any, seed: Any) -> None:
-    with _buffers.views(ctx, q) as (kind, device_id, view), _host_lock(kind):
+    with _buffers.views(ctx, q) as (kind, device_id, view), _host_lock(kind), _contained(kind, outs, view):
         args = [view(a) for a in (q, k, v, att, tau, edge_bias, seed)]
-        out, stat0, stat1, code = run_forward(op, kind, device_id, *args)
         o_out, o_stats, o_code = (view(o) for o in outs)
-        _buffers.write(o_out, out)
+        _, stat0, stat1, code = run_forward(op, kind, device_id, *args, out=o_out)  # out written in place
         _buffers.write(o_stats[0], stat0)
         _buffers.write(o_stats[1], stat1)
         _buffers.write(o_code, code)
 
 
 def _backward_buffers(op: Op, ctx: Any, outs: tuple, *operands: Any) -> None:
-    with _buffers.views(ctx, operands[0]) as (kind, device_id, view), _host_lock(kind):
-        grads = run_backward(op, kind, device_id, *(view(a) for a in operands))
-        _write_all(view, outs, grads)
+    with _buffers.views(ctx, operands[0]) as (kind, device_id, view), _host_lock(kind), \
+            _contained(kind, outs, view):
+        into = {name: view(o) for name, o in zip(_GRADIENT_NAMES, outs) if o is not None}
+        run_backward(op, kind, device_id, *(view(a) for a in operands), into=into)  # written in place
+
+
+@contextlib.contextmanager
+def _contained(kind: str, outs: tuple, view: Any) -> Iterator[None]:
+    """On a GPU, an error of the core is logged and the results filled with NaN instead of
+    raised: an exception escaping a GPU buffer callback stalled the whole process (JAX
+    0.11.2, H200; see ``docs/jax.md``). On the host it propagates (JAX raises it)."""
+    if kind == "numpy":
+        yield
+        return
+    try:
+        yield
+    except Exception:  # noqa: BLE001 - reported, and visible as NaN results
+        _LOG.exception("sparsegat.jax: the GPU callback failed; its results are NaN")
+        for o in outs:
+            if o is not None:
+                target = view(o)
+                target[...] = np.nan if target.dtype.kind == "f" else -1
 
 
 def _forward_host(op: Op, *operands: Any) -> tuple:

@@ -21,7 +21,7 @@ _U32 = np.dtype(np.uint32)
 
 def attention(g: Any, q: Any, k: Any, v: Any, score: str = "dot", att: Any = None, tau: Any = 1.0,
               negative_slope: float = 0.2, edge_bias: Any = None, dropout: float = 0.0, seed: Any = None, *,
-              backend: str | None = None, check_finite: bool = True) -> jax.Array:
+              backend: str | None = None, check_finite: bool | None = None) -> jax.Array:
     """Sparse graph attention on JAX arrays, differentiable with respect to every array input.
 
     The operator of :func:`sparsegat.attention_forward` (same arguments, shapes and
@@ -63,10 +63,15 @@ def attention(g: Any, q: Any, k: Any, v: Any, score: str = "dot", att: Any = Non
         backward use the same seed; the same integer gives the same mask as the core.
     backend : {"numpy", "numba", "cupy"}, optional
         As in the core; by default Numba (else NumPy) for CPU arrays, CUDA kernels on a GPU.
-    check_finite : bool
+    check_finite : bool, optional
         As in the core: refuse NaN/inf inputs and gradients of the output. Those values
         are only known when the computation runs, so this error comes from inside the
-        callback (a ``jax.errors.JaxRuntimeError`` carrying the core's message).
+        callback (a ``jax.errors.JaxRuntimeError`` carrying the core's message). By
+        default (None) on the CPU only: on a GPU the check would synchronise XLA's
+        stream, and an error raised inside a GPU callback is not reliably reported, so
+        there NaN/inf propagate as in the rest of JAX (``jax_debug_nans`` finds them);
+        any other failure of a GPU callback is logged (logger ``sparsegat.jax``) and
+        its results are NaN.
 
     Returns
     -------
@@ -102,7 +107,7 @@ def attention(g: Any, q: Any, k: Any, v: Any, score: str = "dot", att: Any = Non
     if backend is not None and (not isinstance(backend, str) or backend not in BACKEND_NAMES):
         raise ValueError(f"backend must be None or one of {', '.join(BACKEND_NAMES)}; got {backend!r}")
     op = Op(GraphKey(graph), spec.score, None if tau_array is not None else spec.tau, spec.negative_slope,
-            spec.dropout, backend, bool(check_finite))
+            spec.dropout, backend, None if check_finite is None else bool(check_finite))
     return attention_op(op, arrays["q"], arrays["k"], arrays["v"], arrays["att"], tau_array,
                         arrays["edge_bias"], seed_words if spec.dropout > 0.0 else None)
 

@@ -88,14 +88,21 @@ def _refuse_none(name: str, args: tuple) -> None:
 _RUNTIME = CupyRuntime()
 
 
-def forward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec) -> tuple[Any, dict]:
-    """Fused forward; saves the per-row max score and log-denominator, (n_dst, H) each."""
-    return launch.forward(g, q, k, v, att, edge_bias, spec, _RUNTIME)
+def forward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec,
+            out: Any = None) -> tuple[Any, dict]:
+    """Fused forward (copied into ``out`` when given, on the current stream); saves the
+    per-row max score and log-denominator, (n_dst, H) each."""
+    result, saved = launch.forward(g, q, k, v, att, edge_bias, spec, _RUNTIME)
+    if out is not None:
+        out[...] = result
+        result = out
+    return result, saved
 
 
 def backward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec,
-             out: Any, saved: dict, dout: Any) -> dict:
-    """Deterministic backward (no floating-point atomics): bitwise identical from run to run."""
+             out: Any, saved: dict, dout: Any, *, into: dict | None = None) -> dict:
+    """Deterministic backward (no floating-point atomics): bitwise identical from run to
+    run. (``into`` is accepted as by the other backends; the caller copies the results there.)"""
     return launch.backward(g, q, k, v, att, edge_bias, spec, out, saved, dout, _RUNTIME)
 
 

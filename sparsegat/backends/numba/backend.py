@@ -23,7 +23,9 @@ import numpy as np
 
 from ...arrays import aligned_empty
 from .backward import backward_kernels, pack_rows
+from .compile_notice import working_on
 from .dense import adam_update as adam_kernel, csr_matmul_rows
+from .dropout import dropout_key
 from .forward import cosine_unit, forward_kernel, forward_repair_kernel, weights_kernel
 from .partition import balanced_chunks
 from .scores import ADDITIVE, COSINE, SCORE_CODES
@@ -117,7 +119,7 @@ class KernelOptions(NamedTuple):
     slope: Any
     scale: Any
     dropout: bool
-    seed_key: np.uint64
+    seed_key: np.ndarray      # (seed_key, edge_offset), uint64 (dropout.dropout_key)
     threshold: np.uint64
     keep_scale: Any
 
@@ -133,15 +135,23 @@ def _options(q: np.ndarray, att: Any, edge_bias: Any, qnorm: Any, knorm: Any,
         bias=_ro(edge_bias) if edge_bias is not None else _dummy(q.dtype, 2), has_bias=edge_bias is not None,
         qnorm=dummy3 if qnorm is None else qnorm, knorm=dummy3 if knorm is None else knorm,
         tau=t(spec.tau), slope=t(spec.negative_slope), scale=t(scale),
-        dropout=bool(spec.dropout > 0.0), seed_key=np.uint64(spec.seed_key),
+        dropout=bool(spec.dropout > 0.0), seed_key=dropout_key(spec.seed_key, spec.edge_offset),
         threshold=np.uint64(spec.threshold), keep_scale=t(spec.keep_scale))
 
 
 def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
-            spec: AttentionSpec) -> tuple[np.ndarray, dict]:
-    """Attention forward; saves the row maxima and inverse row sums, (n_dst, H) each."""
+            spec: AttentionSpec, out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Attention forward into ``out`` (allocated when None); saves the row maxima and
+    inverse row sums, (n_dst, H) each."""
+    with working_on(f"{v.dtype}/{spec.score}"):
+        return _forward(g, q, k, v, att, edge_bias, spec, out)
+
+
+def _forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
+             spec: AttentionSpec, out: np.ndarray | None) -> tuple[np.ndarray, dict]:
     n_dst, heads, dv = g.shape[0], v.shape[1], v.shape[2]
-    out = aligned_empty((n_dst, heads, dv), v.dtype)
+    if out is None:
+        out = aligned_empty((n_dst, heads, dv), v.dtype)
     rowmax = np.empty((n_dst, heads), dtype=v.dtype)
     rowinv = np.empty((n_dst, heads), dtype=v.dtype)
     qs, ks, qn, kn = _score_inputs(q, k, spec)
@@ -158,8 +168,22 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
 
 
 def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
-             spec: AttentionSpec, out: np.ndarray, saved: dict, dout: np.ndarray) -> dict:
-    """Gradients of every input; deterministic (no atomics, fixed reduction order)."""
+             spec: AttentionSpec, out: np.ndarray, saved: dict, dout: np.ndarray,
+             *, into: dict | None = None) -> dict:
+    """Gradients of every input; deterministic (no atomics, fixed reduction order).
+
+    ``into`` maps gradient names to arrays the kernels write directly (``q``, ``k``,
+    ``v``, ``edge_bias``; others are left to the caller)."""
+    with working_on(f"{v.dtype}/{spec.score}"):
+        return _backward(g, q, k, v, att, edge_bias, spec, out, saved, dout, into or {})
+
+
+def _backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
+              spec: AttentionSpec, out: np.ndarray, saved: dict, dout: np.ndarray, into: dict) -> dict:
+
+    def result(name: str, shape: tuple) -> np.ndarray:
+        return into[name] if name in into else aligned_empty(shape, dtype)
+
     source_pass, dest_pass = backward_kernels(spec.score)
     dtype = v.dtype
     n_dst, heads = out.shape[0], out.shape[1]
@@ -172,15 +196,15 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
               _ro(q) if additive else _dummy(dtype, 2), additive, pack)
 
     t_indptr, t_indices, t_perm, tchunks = _transposed(g)
-    ds = aligned_empty((g.nnz, heads), dtype)
-    dk = aligned_empty(k.shape, dtype)
-    dv = aligned_empty(v.shape, dtype)
+    ds = result("edge_bias", (g.nnz, heads)) if edge_bias is not None else aligned_empty((g.nnz, heads), dtype)
+    dk = result("k", k.shape)
+    dv = result("v", v.shape)
     source_pass(t_indptr, t_indices, t_perm, tchunks, qs, ks, _ro(v), *options, _ro(dout), _ro(pack),
                 ds, dk, dv)
 
     indptr, indices, chunks = _csr(g)
     nchunks = chunks.shape[0] - 1
-    dq = aligned_empty(q.shape, dtype)
+    dq = result("q", q.shape)
     # Per-chunk partials in float64: each sums over every edge of its chunk.
     att_part = np.empty(((nchunks,) + att.shape) if att is not None else (1, 1, 1), dtype=np.float64)
     tau_part = np.empty(max(nchunks, 1), dtype=np.float64)
@@ -209,9 +233,10 @@ def weights(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any,
             spec: AttentionSpec) -> np.ndarray:
     """The (nnz, H) attention weights after softmax (and dropout), in CSR order."""
     w = aligned_empty((g.nnz, q.shape[1]), q.dtype)
-    qs, ks, qn, kn = _score_inputs(q, k, spec)
-    indptr, indices, chunks = _csr(g)
-    weights_kernel(spec.score)(indptr, indices, chunks, qs, ks, *_options(q, att, edge_bias, qn, kn, spec), w)
+    with working_on(f"{q.dtype}/{spec.score} (weights)"):
+        qs, ks, qn, kn = _score_inputs(q, k, spec)
+        indptr, indices, chunks = _csr(g)
+        weights_kernel(spec.score)(indptr, indices, chunks, qs, ks, *_options(q, att, edge_bias, qn, kn, spec), w)
     return w
 
 
