@@ -1,8 +1,12 @@
 """Process tuning for the ``sparsegat train`` command: OpenMP waiting, BLAS threads, malloc.
 
-A library must not change its host process's thread pools, environment or
-allocator, so nothing in ``sparsegat`` calls these functions except the command
-line (:func:`sparsegat.train.main`), which owns its process. Each setting was
+A library must not change its host process's thread pools or allocator for good,
+so :func:`tune_process` is called only by the command line
+(:func:`sparsegat.train.main`), which owns its process. The library does the part
+that concerns its own threads by itself: the numba backend applies
+:func:`quiet_openmp_workers` when it loads before Numba has started OpenMP (see
+:mod:`sparsegat.backends.numba.threads`), and the layers limit BLAS to one thread
+around small products only (:mod:`sparsegat.blas_threads`). Each setting was
 measured to matter for a GAT on a graph the size of Cora (see ``docs/numba.md``);
 each is a small function that does one thing and says whether it could, and
 :func:`tune_process` applies them all in the right order.

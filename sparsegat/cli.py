@@ -1,4 +1,4 @@
-"""The ``sparsegat`` command: ``sparsegat train ...`` and ``sparsegat bench ...``."""
+"""The ``sparsegat`` command: ``sparsegat train ...``, ``sparsegat predict ...`` and ``sparsegat bench ...``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import os
 import sys
 from typing import Sequence
 
-USAGE = """usage: sparsegat {train,bench} [options]
+USAGE = """usage: sparsegat {train,predict,bench,warmup} [options]
 
   train   train a GAT on a node-classification data set (or a built-in synthetic graph)
+  predict run a model saved by 'train --save' on a data set: classes and probabilities
   bench   time forward and backward of every available backend (and PyG where installed)
+  warmup  compile the kernels ahead of time (once per machine), so that no first call pauses
 
 Run 'sparsegat COMMAND --help' for the options of a command."""
 
@@ -23,8 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "train":
         from .train import main as run
+    elif command == "predict":
+        from .predict import main as run
     elif command == "bench":
         from .bench.cli import main as run
+    elif command == "warmup":
+        from .warmup import main as run
     else:
         print(f"sparsegat: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

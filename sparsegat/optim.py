@@ -45,7 +45,8 @@ import numpy as np
 from .arrays import array_kind, namespace, to_numpy
 from .backends import optional_function
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm_", "clip_grad_value_", "lr_scheduler",
+           "StepLR", "CosineAnnealingLR", "LinearLR", "SequentialLR", "EarlyStopping"]
 
 #: The parameter dtypes the optimizers update.
 PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -85,7 +86,7 @@ class Optimizer:
 
     Parameters
     ----------
-    model : Module or iterable of Modules
+    model : Module, ``model.parameters()`` or iterable of Modules
         Whose parameters to optimise (``named_parameters()`` of each; with several
         modules, names are prefixed by the module's position, ``"0:"``, ``"1:"``).
     """
@@ -95,7 +96,10 @@ class Optimizer:
 
     def __init__(self, model: Any) -> None:
         from .nn.module import Module
+        from .nn.state import ParameterView
 
+        if isinstance(model, ParameterView):  # model.parameters(), as torch.optim takes it
+            model = model.module
         if isinstance(model, Module):
             refs = list(model.named_parameters())
         else:
@@ -422,3 +426,13 @@ class AdamW(Adam):
                          amsgrad=amsgrad, maximize=maximize)
 
 
+# Training helpers that work with any optimizer (their own modules; here so that
+# ``sparsegat.optim`` is the one place to look, as ``torch.optim`` is).
+from . import lr_scheduler as lr_scheduler  # noqa: E402
+from .early_stopping import EarlyStopping as EarlyStopping  # noqa: E402
+from .grad_clip import clip_grad_norm_ as clip_grad_norm_  # noqa: E402
+from .grad_clip import clip_grad_value_ as clip_grad_value_  # noqa: E402
+from .lr_scheduler import CosineAnnealingLR as CosineAnnealingLR  # noqa: E402
+from .lr_scheduler import LinearLR as LinearLR  # noqa: E402
+from .lr_scheduler import SequentialLR as SequentialLR  # noqa: E402
+from .lr_scheduler import StepLR as StepLR  # noqa: E402

@@ -344,12 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention backend (default: numba when installed, else numpy; cupy runs on the GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, dropout and synthetic data (default: 0)")
     p.add_argument("--log-every", type=int, default=20, metavar="N", help="progress line every N epochs, 0 for none (default: 20)")
-    p.add_argument("--save", metavar="FILE.npz", help="write the parameters of the best validation epoch")
+    p.add_argument("--save", metavar="FILE.npz",
+                   help="write the model of the best validation epoch (architecture and parameters; "
+                        "nn.load_model and 'sparsegat predict' read it)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="threads of the numba kernels (default 0: numba's default, all cores)")
     p.add_argument("--blas-threads", type=int, default=1, metavar="N",
                    help="threads of NumPy's BLAS for the small dense products (default 1; 0 leaves it alone)")
     p.add_argument("--json", action="store_true", help="end with one line of JSON with the results on stdout")
+    dist = p.add_argument_group("distributed (full-graph training on Dask; docs/distributed.md)")
+    dist.add_argument("--workers", type=int, default=0, metavar="N",
+                      help="train on a local Dask cluster of N worker processes")
+    dist.add_argument("--scheduler", metavar="ADDRESS", help="train on the Dask cluster of this scheduler")
+    dist.add_argument("--parts", type=int, default=0, metavar="P",
+                      help="row blocks of the graph (default: one per worker)")
+    dist.add_argument("--reorder", choices=("rcm",), default=None,
+                      help="renumber the nodes for locality (reverse Cuthill-McKee) before partitioning")
     return p
 
 
@@ -373,6 +383,12 @@ def _check_args(a: argparse.Namespace) -> None:
         raise UsageError(f"--blas-threads must be >= 0, got {a.blas_threads}")
     if a.log_every < 0:
         raise UsageError(f"--log-every must be >= 0, got {a.log_every}")
+    if a.workers < 0 or a.parts < 0:
+        raise UsageError(f"--workers and --parts must be >= 0, got {a.workers} and {a.parts}")
+    if a.workers and a.scheduler:
+        raise UsageError("give --workers (a local cluster) or --scheduler (a running one), not both")
+    if (a.parts or a.reorder) and not (a.workers or a.scheduler):
+        raise UsageError("--parts and --reorder apply with --workers or --scheduler")
     if a.score not in ("additive", "gatv2") and a.output_heads != 1:
         raise UsageError(f"--output-heads must be 1 with --score {a.score} (GraphAttention has no head averaging)")
 
@@ -570,7 +586,15 @@ def _print_summary(a: argparse.Namespace, fitted: FitResult, majority: float,
     print(f"time      {a.epochs} epochs in {seconds:.2f} s ({1000 * seconds / a.epochs:.1f} ms per "
           f"epoch with its evaluation; the first took {fitted.first_epoch_seconds:.2f} s)", file=out)
     if a.save:
-        print(f"saved     parameters of epoch {best.epoch} to {a.save}", file=out)
+        print(f"saved     the model of epoch {best.epoch} to {a.save} (sparsegat predict --model {a.save})", file=out)
+
+
+def _model_file_metadata(a: argparse.Namespace, data: Any, fitted: FitResult) -> dict[str, Any]:
+    """What ``--save`` records beside the model: the preprocessing ``sparsegat predict`` repeats, and provenance."""
+    return {"command": "sparsegat train", "data": a.data if a.data is not None else "synthetic", "seed": a.seed,
+            "row_normalize": _non_negative(data.x), "num_features": data.num_features,
+            "num_classes": data.num_classes, "best_epoch": fitted.best.epoch, "val_accuracy": fitted.best.val,
+            "test_accuracy": None if math.isnan(fitted.best.test) else fitted.best.test}
 
 
 def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, Any]:
@@ -583,6 +607,9 @@ def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, An
 
     log = sys.stderr if log is None else log
     out = sys.stdout if out is None else out
+    if getattr(a, "workers", 0) or getattr(a, "scheduler", None):  # on a Dask cluster
+        from .distributed.training import run_cli
+        return run_cli(a, log, out)
     t_start = time.perf_counter()
     for note in tune_process(a.blas_threads).notes:
         print(f"note      {note}", file=log)
@@ -602,8 +629,8 @@ def run(a: argparse.Namespace, log: Any = None, out: Any = None) -> dict[str, An
 
     fitted = fit(model, arrays, opt, epochs=a.epochs, restore_best=bool(a.save), freeze=frozen, log=log,
                  log_every=a.log_every)
-    if a.save:
-        nn.save_params(model, a.save)
+    if a.save:  # a model file: the architecture too, so that load_model and `sparsegat predict` need nothing else
+        nn.save_model(model, a.save, metadata=_model_file_metadata(a, data, fitted))
     distract = distractor_attention(model, data)
     result = _summary(a, data, fitted, backend, distract, t_start)
     _print_summary(a, fitted, result["majority_test_accuracy"], distract, out)

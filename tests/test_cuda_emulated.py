@@ -258,18 +258,30 @@ def test_dropout_keep_decisions_are_bit_identical(rt, dtype):
         assert_close("weights", w, ref, dtype)
 
 
-def test_dropout_on_a_row_block_is_refused_not_drawn_differently(rt):
-    """The kernels hash CSR positions from 0; a block of a larger graph (edge_offset > 0,
-    sparsegat.distributed) would get another mask, so it is refused; without dropout it runs."""
+def test_dropout_of_a_row_block_counts_edges_from_its_offset(rt):
+    """A block of a larger graph (``edge_offset``, sparsegat.distributed) drops the edges
+    that graph drops: the mask of CSR positions ``[offset, offset + nnz)``."""
     import dataclasses
 
     g = hub_graph(I32)
     inp = make_inputs(g, "dot", F64, SMALL_DIMS, bias=False)
-    spec = dataclasses.replace(make_spec("dot", 0.5, seed=3), edge_offset=7)
-    with pytest.raises(NotImplementedError, match="edge_offset"):
-        cl.weights(g, inp["q"], inp["k"], None, None, spec, rt)
-    w = cl.weights(g, inp["q"], inp["k"], None, None, dataclasses.replace(make_spec("dot"), edge_offset=7), rt)
-    assert np.isfinite(w).all()
+    spec = dataclasses.replace(make_spec("dot", 0.5, seed=3), edge_offset=1000)
+    w = cl.weights(g, inp["q"], inp["k"], None, None, spec, rt)
+    keep = keep_mask(spec.seed_key, 1000, 1000 + g.nnz, 2, spec.threshold)
+    assert np.array_equal(w != 0, keep)
+    assert not np.array_equal(keep, keep_mask(spec.seed_key, 0, g.nnz, 2, spec.threshold))
+    from sparsegat.backends import numpy as reference_backend  # takes the spec, offset and all
+
+    q, k, v = (_f64(inp[n]) for n in "qkv")
+    assert_close("weights", w, reference_backend.weights(g, q, k, None, None, spec), F64)
+    out, saved = cl.forward(g, q, k, v, None, None, spec, rt)
+    ref_out, ref_saved = reference_backend.forward(g, q, k, v, None, None, spec)
+    assert_close("out", out, ref_out, F64)
+    dout = np.random.default_rng(0).standard_normal(out.shape)
+    grads = cl.backward(g, q, k, v, None, None, spec, out, saved, dout, rt)
+    ref = reference_backend.backward(g, q, k, v, None, None, spec, ref_out, ref_saved, dout)
+    for name in "qkv":
+        assert_close(f"d{name}", grads[name], ref[name], F64)
 
 
 @pytest.mark.parametrize("index_dtype", [I32, I64], ids=lambda d: d.name)

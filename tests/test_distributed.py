@@ -277,3 +277,21 @@ def test_training_step_gradients_equal_one_process(client):
     assert set(grads) == set(want)
     for name, w in want.items():
         np.testing.assert_allclose(grads[name], w, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_cli_on_the_cluster_saves_a_model_file_that_predict_reads(client, tmp_path, capsys):
+    """``sparsegat train --scheduler ADDRESS --save`` writes a self-describing model file, as
+    the one-process run does, and ``sparsegat predict`` runs it."""
+    from sparsegat import nn
+    from sparsegat.predict import main as predict_main
+    from sparsegat.train import main as train_main
+
+    path = tmp_path / "model.npz"
+    assert train_main(["--scheduler", client.scheduler.address, "--epochs", "2", "--backend", "numpy",
+                       "--hidden", "4", "--heads", "2", "--save", str(path)]) == 0
+    model = nn.load_model(str(path))
+    assert sum(p.size for p in model.parameters()) > 0
+    out = tmp_path / "classes.npy"
+    assert predict_main(["--model", str(path), "--out", str(out)]) == 0
+    classes = np.load(out)
+    assert classes.ndim == 1 and classes.size > 0

@@ -76,7 +76,7 @@ def gradcheck(layer: nn.Module, x, g, training: bool = False, check_x: bool = Tr
     def loss(name=None, value=None):
         fresh = copy.deepcopy(snapshot)
         if name is not None:
-            fresh.state_dict()[name][...] = value
+            fresh.state_dict(keep_vars=True)[name][...] = value  # the live arrays
         return _dot(fresh.forward(state["x"], g, training=training), R)
 
     checked = 0

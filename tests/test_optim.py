@@ -133,8 +133,7 @@ def test_state_dict_round_trip():
             opt_a.step()
         saved = opt_a.state_dict()
         b = make()
-        for name, arr in a.state_dict().items():
-            b.state_dict()[name][...] = arr
+        b.load_state_dict(a.state_dict())
         opt_b = cls(b, lr=123.0)
         opt_b.load_state_dict(saved)
         assert opt_b.lr == kw["lr"]

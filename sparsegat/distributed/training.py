@@ -407,8 +407,10 @@ def run_cli(a: Any, log: Any = None, out: Any = None) -> dict[str, Any]:
         out.flush()
         fitted = fit(gat, opt, epochs=a.epochs, frozen=tuple(frozen), log=log, log_every=a.log_every,
                      restore_best=True)
-    if a.save:
-        nn.save_params(model, a.save)
+    if a.save:  # a self-describing model file, as the one-process run writes (sparsegat predict reads it)
+        from ..train import _model_file_metadata
+
+        nn.save_model(model, a.save, metadata=_model_file_metadata(a, data, fitted))
     result = _summary(a, data, fitted, a.backend or "default", None, t_start)
     result.update(workers=workers, parts=parts, halo_fraction=gat.pg.halo_fraction)
     _print_summary(a, fitted, result["majority_test_accuracy"], None, out)

@@ -19,8 +19,13 @@ from .loss import LossAndGrad as LossAndGrad
 from .loss import accuracy as accuracy
 from .loss import softmax_cross_entropy as softmax_cross_entropy
 from .module import Module as Module
+from .checkpoint import load_model as load_model
+from .checkpoint import read_model_file as read_model_file
+from .checkpoint import save_model as save_model
 from .params import load_params as load_params
 from .params import save_params as save_params
+from .state import LoadResult as LoadResult
+from .state import ParameterView as ParameterView
 
 __all__ = [
     "Module",
@@ -38,5 +43,10 @@ __all__ = [
     "accuracy",
     "save_params",
     "load_params",
+    "save_model",
+    "load_model",
+    "read_model_file",
+    "LoadResult",
+    "ParameterView",
     "glorot",
 ]

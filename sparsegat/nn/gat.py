@@ -27,6 +27,7 @@ from . import init
 from .base import SELF_LOOPS_KEY, AttentionLayer, Input, block_diag, block_diag_part, graph_with_self_loops
 from .edges import col_sum, edge_chunks, row_sum, scatter_sum
 from .heads import EdgeInputs, HeadsLayer, NodeInputs, leaky_relu, leaky_relu_grad
+from ..blas_threads import small_products_on_one_thread
 from .module import check_positive_int, sparse_dense_matmul, sparse_t_matmul
 
 __all__ = ["GATConv", "GATv2Conv", "GraphAttention", "graph_with_self_loops", "SELF_LOOPS_KEY"]
@@ -117,7 +118,8 @@ _HEADS_ARGS = """
 """
 
 _FORWARD_DOC = """
-    ``forward(x, g, edge_attr=None, *, training=False, return_attention_weights=False)``:
+    ``forward(x, g, edge_attr=None, *, training=None, return_attention_weights=False)``
+    (``training=None``: the layer's mode, set by ``train()``/``eval()``):
 
     * ``x``: one array ``(n_src, in_dim)`` (dense or sparse; the destinations are its
       first ``n_dst`` rows), or a pair ``(x_src, x_dst)`` with ``x_src (n_src, in_src)``
@@ -193,8 +195,10 @@ class GATConv(HeadsLayer):
     def _weight_names(self) -> tuple[str, str | None]:
         return ("W_src", "W_dst") if self.pair_in_dim else ("W", None)
 
-    def forward(self, x: Any, g: Any = None, edge_attr: Any = None, *, training: bool = False,
+    @small_products_on_one_thread
+    def forward(self, x: Any, g: Any = None, edge_attr: Any = None, *, training: bool | None = None,
                 return_attention_weights: bool = False) -> Any:
+        training = self._is_training(training)
         lg, g2 = self._looped(g)
         inp = self._node_inputs(x, g2)
         edges = self._edge_inputs(edge_attr, g, lg, inp.kind)
@@ -388,8 +392,10 @@ class GATv2Conv(HeadsLayer):
             out += self._param(b, kind)
         return out
 
-    def forward(self, x: Any, g: Any = None, edge_attr: Any = None, *, training: bool = False,
+    @small_products_on_one_thread
+    def forward(self, x: Any, g: Any = None, edge_attr: Any = None, *, training: bool | None = None,
                 return_attention_weights: bool = False) -> Any:
+        training = self._is_training(training)
         lg, g2 = self._looped(g)
         inp = self._node_inputs(x, g2)
         edges = self._edge_inputs(edge_attr, g, lg, inp.kind)
@@ -572,7 +578,8 @@ class GraphAttention(AttentionLayer):
             raise TypeError("GraphAttention: x_q, x_k and x_v must all be NumPy or all be CuPy arrays")
         return streams, single
 
-    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+    def forward(self, x: Any, g: Any = None, *, training: bool | None = None) -> Any:
+        training = self._is_training(training)
         g2 = self._graph(g)
         n_dst, n_src = g2.shape
         if self.residual and n_dst != n_src:

@@ -71,7 +71,7 @@ class HeadsLayer(AttentionLayer):
         #: CSR order of the graph given); None without edge features or with ``input_grad=False``.
         self.edge_attr_grad: Any = None
 
-    def __call__(self, x: Any, g: Any = None, edge_attr: Any = None, *, training: bool = False,
+    def __call__(self, x: Any, g: Any = None, edge_attr: Any = None, *, training: bool | None = None,
                  return_attention_weights: bool = False) -> Any:
         return self.forward(x, g, edge_attr, training=training, return_attention_weights=return_attention_weights)
 

@@ -107,7 +107,8 @@ class Linear(Module):
         if bias:
             self.params["b"] = init.uniform_fan_in((self.out_dim,), self.in_dim, self._rng, self.dtype)
 
-    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+    def forward(self, x: Any, g: Any = None, *, training: bool | None = None) -> Any:
+        training = self._is_training(training)
         kind = input_kind(x)
         x, sparse = as_input(x, self.dtype)
         if x.shape[1] != self.in_dim:
@@ -168,7 +169,8 @@ class ELU(Module):
             return d
         return xp.where(y > 0, dy, dy * (y + self.alpha))
 
-    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+    def forward(self, x: Any, g: Any = None, *, training: bool | None = None) -> Any:
+        training = self._is_training(training)
         y = _map(self._one, _float_input("ELU", x))
         self._save_for_backward(y, bool(training))
         return y
@@ -186,7 +188,8 @@ class ReLU(Module):
     def __init__(self) -> None:
         super().__init__()
 
-    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+    def forward(self, x: Any, g: Any = None, *, training: bool | None = None) -> Any:
+        training = self._is_training(training)
         x = _float_input("ReLU", x)
         y = _map(lambda a: namespace(a).maximum(a, 0), x)
         self._save_for_backward((_map(lambda a: a > 0, x), _spec(y)), bool(training))
@@ -260,8 +263,8 @@ class Dropout(Module):
         y *= x.dtype.type(scale)
         return _Dropped(y, keep)
 
-    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
-        training = bool(training)
+    def forward(self, x: Any, g: Any = None, *, training: bool | None = None) -> Any:
+        training = self._is_training(training)
         active = training and self.p != 0.0
         # Float inputs only (scaling an integer array would truncate); a sparse input's
         # arrays are checked before anything converts or indexes them.
@@ -297,7 +300,9 @@ class Dropout(Module):
 class Sequential(Module):
     """Layers applied in order; ``backward`` runs them in reverse.
 
-    Every layer gets the same graph ``g`` and ``training`` flag. Parameters are
+    Every layer gets the same graph ``g``; a ``training=`` argument is passed on to
+    every layer, and without one each layer runs in its own mode (``train()`` and
+    ``eval()`` set it on all of them). Parameters are
     named ``"<index>.<name>"`` (``"0.W"``, ``"2.att_src"``). Backward stops early
     (returning ``None``) when a layer returns ``None``, as a layer fed sparse
     features does.
@@ -330,11 +335,10 @@ class Sequential(Module):
     def __iter__(self) -> Iterable[Module]:
         return iter(self.layers)
 
-    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
-        training = bool(training)
+    def forward(self, x: Any, g: Any = None, *, training: bool | None = None) -> Any:
         for layer in self.layers:
-            x = layer.forward(x, g, training=training)
-        self._save_for_backward(True, training)
+            x = layer.forward(x, g, training=training)  # None: each layer runs in its own mode
+        self._save_for_backward(True, self._is_training(training))
         return x
 
     def _backward(self, saved: Any, dy: Any) -> Any:

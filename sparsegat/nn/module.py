@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from ..arrays import array_kind, namespace, to_numpy
 from ..backends import optional_function
+from ..blas_threads import SMALL_PRODUCT, blas_threads_for
 from ..csr_format import check_csr
+from . import state as _state
+from .state import LoadResult, ParameterView
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -160,6 +163,10 @@ class Module:
     grads : dict[str, array]
         Gradients of the last :meth:`backward`, under the names of ``params``;
         each backward overwrites them (no accumulation).
+    training : bool
+        The mode of forwards called without ``training=`` (dropout on in training),
+        set with :meth:`train` and :meth:`eval` on a module and all its sub-modules.
+        False for a new module (PyTorch's start in training mode).
 
     A layer caches what its backward needs during :meth:`forward`; a layer
     object is used once per forward pass (share weights by assigning the same
@@ -189,10 +196,37 @@ class Module:
         self._saved_train: Any = None
         self._saved_eval: Any = None
         self._backward_runs = 0
+        #: The mode a forward without ``training=`` runs in (``train()``/``eval()``). False at
+        #: construction, unlike PyTorch, so code written before modes existed keeps evaluating.
+        self.training = False
 
     # ------------------------------------------------------------------ protocol
-    def forward(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+    def forward(self, x: Any, g: Any = None, *, training: bool | None = None) -> Any:
         raise NotImplementedError
+
+    def train(self, mode: bool = True) -> "Module":
+        """Set training mode (dropout on) on this module and every sub-module; returns self.
+
+        A forward called without ``training=`` runs in the module's mode; an explicit
+        ``training=True``/``False`` overrides it for that call (and for the layers
+        inside a container).
+        """
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"mode must be True or False, got {mode!r}")
+        self.training = bool(mode)
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        """Set evaluation mode (dropout off) on this module and every sub-module; returns self."""
+        return self.train(False)
+
+    def _is_training(self, training: bool | None) -> bool:
+        """The mode of one forward: the ``training=`` argument when given, else the module's mode."""
+        if training is None:
+            return bool(getattr(self, "training", False))
+        return bool(training)
 
     def backward(self, dy: Any) -> Any:
         """Gradients of the parameters (into ``grads``) and of the input (returned).
@@ -202,7 +236,8 @@ class Module:
         ``RuntimeError`` when every forward has been backpropagated already.
         """
         saved = self._saved_for_backward()
-        dx = self._backward(saved, dy)
+        with blas_threads_for(getattr(self, "_blas_work", SMALL_PRODUCT)):  # as its forward ran
+            dx = self._backward(saved, dy)
         self._saved_train = self._saved_eval = None
         self._backward_runs = getattr(self, "_backward_runs", 0) + 1
         return dx
@@ -232,7 +267,7 @@ class Module:
             raise RuntimeError(f"{name}.backward called before forward")
         return saved
 
-    def __call__(self, x: Any, g: Any = None, *, training: bool = False) -> Any:
+    def __call__(self, x: Any, g: Any = None, *, training: bool | None = None) -> Any:
         return self.forward(x, g, training=training)
 
     # ------------------------------------------------------------------ parameters
@@ -251,9 +286,35 @@ class Module:
         for name, child in self.children():
             yield from child.named_parameters(f"{prefix}{name}.")
 
-    def state_dict(self) -> dict[str, Any]:
-        """``{qualified name: array}`` of every parameter (the arrays themselves, not copies)."""
-        return {name: layer.params[key] for name, layer, key in self.named_parameters()}
+    def parameters(self) -> ParameterView:
+        """The parameter arrays, as PyTorch's ``model.parameters()`` (a re-iterable view).
+
+        The optimizers and ``sparsegat.optim.clip_grad_norm_`` accept it in place of
+        the model: it remembers the module, whose layers hold the gradients.
+        """
+        return ParameterView(self)
+
+    def state_dict(self, keep_vars: bool = False) -> dict[str, Any]:
+        """``{qualified name: copy of the array}`` of every parameter, in its own array library.
+
+        Copies, so a state kept as "the best so far" does not change as training goes
+        on. ``keep_vars=True`` gives the live arrays instead (writing into them
+        changes the model).
+        """
+        return _state.state_dict(self, keep_vars)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
+        """Copy the arrays of ``state_dict`` into the parameters; returns ``(missing_keys, unexpected_keys)``.
+
+        Every value must be a NumPy or CuPy float array of the parameter's shape
+        (``TypeError`` for another type or a non-float dtype, ``ValueError`` for
+        another shape, each naming the entry); it is cast to the parameter's dtype
+        and moved to where the parameter lives, and copied into the parameter's array
+        (arrays shared between layers stay shared). With ``strict=True`` (default)
+        missing or unexpected names are a ``ValueError``. Nothing changes unless
+        every entry is valid.
+        """
+        return _state.load_state_dict(self, state_dict, strict)
 
     def num_parameters(self) -> int:
         """Total number of learnable numbers."""

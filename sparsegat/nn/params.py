@@ -9,6 +9,10 @@ import numpy as np
 from ..arrays import array_kind, namespace, to_numpy
 from .module import Module
 
+#: The array of a model file (:func:`sparsegat.nn.save_model`) that holds its architecture
+#: record; not a parameter, so :func:`load_params` leaves it aside.
+MODEL_RECORD_KEY = "__sparsegat_model__"
+
 
 def save_params(model: Module, path: str | os.PathLike) -> None:
     """Write every parameter of ``model`` to the ``.npz`` file ``path``.
@@ -38,11 +42,13 @@ def load_params(model: Module, path: str | os.PathLike, strict: bool = True) -> 
     parameter's dtype and array library (so a file saved from a GPU model loads
     into a CPU model and back). With ``strict=True`` (default) missing or
     unexpected names are errors too. Nothing is changed unless the whole file
-    is valid.
+    is valid. Model files of :func:`sparsegat.nn.save_model` are read too (their
+    architecture record is not a parameter and is left aside).
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be a sparsegat.nn layer or model, got {type(model).__name__}")
     loaded = _read_arrays(path)
+    loaded.pop(MODEL_RECORD_KEY, None)  # a model file's architecture record
     targets = {name: (layer, key) for name, layer, key in model.named_parameters()}
     unexpected = sorted(set(loaded) - set(targets))
     missing = sorted(set(targets) - set(loaded))

@@ -37,7 +37,8 @@ sg_attn_bwd_rows(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
                  const T* __restrict__ rlog,
                  int H, int D, int Dv, int lpe,
                  T tau, T slope, T rscale,
-                 unsigned long long seed_key, unsigned long long threshold, T keep_scale,
+                 unsigned long long seed_key, unsigned long long threshold, long long edge_offset,
+                 T keep_scale,
                  T* __restrict__ ds_out, T* __restrict__ a_out,
                  T* __restrict__ dq, T* __restrict__ dq_part,
                  T* __restrict__ att_part, T* __restrict__ tau_part) {
@@ -119,7 +120,7 @@ sg_attn_bwd_rows(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
       if (!valid) continue;  // no shuffles below
       if (bias != nullptr) s += bias[e * H + h];
       const T p = sg_exp((s - m_i) - ld_i);
-      const bool kp = keep_edge(seed_key, threshold, e, H, h);
+      const bool kp = keep_edge(seed_key, threshold, edge_offset + e, H, h);
       const T ds = p * ((kp ? keep_scale * pv : T(0)) - delta);
       if (first_tile && lig == 0) {
         const long long eh = e * H + h;

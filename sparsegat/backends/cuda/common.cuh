@@ -115,7 +115,8 @@ __device__ __forceinline__ unsigned long long splitmix64(unsigned long long x) {
   return x ^ (x >> 31);
 }
 
-// keep = (splitmix64(seed_key ^ (e * H + h)) >> 11) >= threshold; threshold 0 keeps all.
+// keep = (splitmix64(seed_key ^ (e * H + h)) >> 11) >= threshold; threshold 0 keeps all. Callers pass
+// e = edge_offset + CSR position (edge_offset > 0 for a row block of a larger graph).
 __device__ __forceinline__ bool keep_edge(unsigned long long seed_key, unsigned long long threshold,
                                           long long e, int H, int h) {
   if (threshold == 0ull) return true;

@@ -42,7 +42,8 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
             const T* __restrict__ att, const T* __restrict__ bias,
             int H, int D, int Dv, int lpe,
             T tau, T slope, T rscale,
-            unsigned long long seed_key, unsigned long long threshold, T keep_scale,
+            unsigned long long seed_key, unsigned long long threshold, long long edge_offset,
+                 T keep_scale,
             T* __restrict__ out, T* __restrict__ rmax, T* __restrict__ rlog,
             T* __restrict__ part_acc, T* __restrict__ part_ml, T* __restrict__ scores) {
   using namespace sg;
@@ -78,7 +79,7 @@ sg_attn_fwd(const I* __restrict__ seg_ptr, const I* __restrict__ seg_row,
   auto update = [&](long long e, T s, const T (&vj)[NACC][VEC]) {
     if (bias != nullptr) s += bias[e * H + h];
     if (scores != nullptr && first_tile && lig == 0) scores[e * H + h] = s;
-    const bool kp = keep_edge(seed_key, threshold, e, H, h);
+    const bool kp = keep_edge(seed_key, threshold, edge_offset + e, H, h);
     const T mn = sg_max(m, s);
     const T sc = sg_exp(m - mn);
     const T p = sg_exp(s - mn);
@@ -248,7 +249,8 @@ template <typename T, typename I>
 __global__ void __launch_bounds__(256)
 sg_attn_weights_fin(const I* __restrict__ row_ids, long long nnz, int H, const T* __restrict__ rmax,
                     const T* __restrict__ rlog,
-                    unsigned long long seed_key, unsigned long long threshold, T keep_scale,
+                    unsigned long long seed_key, unsigned long long threshold, long long edge_offset,
+                 T keep_scale,
                     T* __restrict__ w) {
   using namespace sg;
   if (H <= 0) return;
@@ -260,7 +262,7 @@ sg_attn_weights_fin(const I* __restrict__ row_ids, long long nnz, int H, const T
     const long long row = (long long)row_ids[e];
     const long long rh = row * H + h;
     const T p = sg_exp((w[idx] - rmax[rh]) - rlog[rh]);
-    w[idx] = keep_edge(seed_key, threshold, e, H, h) ? p * keep_scale : T(0);
+    w[idx] = keep_edge(seed_key, threshold, edge_offset + e, H, h) ? p * keep_scale : T(0);
   }
 }
 

@@ -379,11 +379,8 @@ class _Call:
 
     def dropout(self) -> tuple:
         spec = self.spec
-        if spec.edge_offset and spec.dropout > 0.0:
-            # The kernels hash CSR positions from 0: a row block would draw another mask.
-            raise NotImplementedError("attention dropout on a row block (AttentionSpec.edge_offset != 0) is not "
-                                      "implemented in the CUDA kernels; use dropout=0 or CPU workers")
-        return np.uint64(spec.seed_key), np.uint64(spec.threshold), self.T(spec.keep_scale)
+        return (np.uint64(spec.seed_key), np.uint64(spec.threshold), np.int64(spec.edge_offset),
+                self.T(spec.keep_scale))
 
     def empty(self, *shape: int) -> Any:
         return self.xp.empty(shape, dtype=self.dtype)

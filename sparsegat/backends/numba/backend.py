@@ -24,12 +24,15 @@ import numpy as np
 from ...arrays import aligned_empty
 from .backward import backward_kernels, pack_rows
 from .compile_notice import working_on
+from .threads import quiet_workers_before_start, threads_for
 from .dense import adam_update as adam_kernel, csr_matmul_rows
 from .dropout import dropout_key
 from .forward import cosine_unit, forward_kernel, forward_repair_kernel, weights_kernel
 from .partition import balanced_chunks
 from .scores import ADDITIVE, COSINE, SCORE_CODES
 from ...spec import COSINE_EPS, ROW_INV_DENOM, ROW_MAX, TAU_SCORES, AttentionSpec
+
+quiet_workers_before_start()  # before the first parallel kernel starts OpenMP
 
 #: Hand the kernels the graph's own index dtype even when int32 would do.
 NATIVE_INDEX_DTYPE = False
@@ -143,8 +146,14 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
             spec: AttentionSpec, out: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Attention forward into ``out`` (allocated when None); saves the row maxima and
     inverse row sums, (n_dst, H) each."""
-    with working_on(f"{v.dtype}/{spec.score}"):
+    with working_on(f"{v.dtype}/{spec.score}"), threads_for(attention_work(g, q, v)):
         return _forward(g, q, k, v, att, edge_bias, spec, out)
+
+
+def attention_work(g: Any, q: np.ndarray, v: np.ndarray | None) -> int:
+    """About the multiply-adds of one pass: per edge and head, the score's and the value's features."""
+    per_edge = (q.shape[2] if q.ndim == 3 else 1) + (v.shape[2] if v is not None else 0)
+    return g.nnz * q.shape[1] * per_edge + g.shape[0]
 
 
 def _forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_bias: Any,
@@ -174,7 +183,7 @@ def backward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge
 
     ``into`` maps gradient names to arrays the kernels write directly (``q``, ``k``,
     ``v``, ``edge_bias``; others are left to the caller)."""
-    with working_on(f"{v.dtype}/{spec.score}"):
+    with working_on(f"{v.dtype}/{spec.score}"), threads_for(2 * attention_work(g, q, v)):
         return _backward(g, q, k, v, att, edge_bias, spec, out, saved, dout, into or {})
 
 
@@ -233,7 +242,7 @@ def weights(g: Any, q: np.ndarray, k: np.ndarray, att: Any, edge_bias: Any,
             spec: AttentionSpec) -> np.ndarray:
     """The (nnz, H) attention weights after softmax (and dropout), in CSR order."""
     w = aligned_empty((g.nnz, q.shape[1]), q.dtype)
-    with working_on(f"{q.dtype}/{spec.score} (weights)"):
+    with working_on(f"{q.dtype}/{spec.score} (weights)"), threads_for(attention_work(g, q, None)):
         qs, ks, qn, kn = _score_inputs(q, k, spec)
         indptr, indices, chunks = _csr(g)
         weights_kernel(spec.score)(indptr, indices, chunks, qs, ks, *_options(q, att, edge_bias, qn, kn, spec), w)
