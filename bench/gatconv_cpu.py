@@ -45,13 +45,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -256,6 +258,29 @@ def describe(args: argparse.Namespace, p: Problem, with_pyg: bool, built_s: floa
     return info
 
 
+#: The competing process of ``--competitor``: NumPy products forever, with NumPy's default threads.
+COMPETITOR = ("import numpy as np\n"
+              "a = np.random.default_rng(0).standard_normal((1500, 1500)).astype(np.float32)\n"
+              "while True:\n    a @ a\n")
+
+
+@contextlib.contextmanager
+def competitor(on: bool) -> Iterator[None]:
+    """With ``on``, another numerical process runs for the duration of the block."""
+    if not on:
+        yield
+        return
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    proc = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env)
+    time.sleep(2.0)  # let it reach its loop
+    print(f"competitor running (pid {proc.pid}): 1500x1500 float32 products in a loop")
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def run_timings(args: argparse.Namespace, groups: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Alternating rounds of one fresh process per group: ``(results by name, first probe by group)``."""
     probes: dict[str, dict[str, Any]] = {}
@@ -351,6 +376,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0,
                     help="threads of Numba, torch (OpenMP/MKL) and OpenBLAS in the measuring processes "
                          "(default: the libraries' defaults, i.e. one per core)")
+    ap.add_argument("--competitor", action="store_true",
+                    help="time beside another numerical process (a loop of 1500x1500 float32 NumPy products "
+                         "with NumPy's default threads), as on a shared server")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--probe-group", dest="probe_group", help=argparse.SUPPRESS)
@@ -374,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print("agreement (max |a-b| / max |b|): " + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items()))
     del p
     gc.collect()
-    results, probes = run_timings(args, [NN] + ([PYG, PYG_PASSIVE] if with_pyg else []))
+    with competitor(args.competitor):
+        results, probes = run_timings(args, [NN] + ([PYG, PYG_PASSIVE] if with_pyg else []))
     speedup = report_speedups(results) if with_pyg else {}
     bound = report_bound(info, probes.get(NN, {}))
     memory = {} if args.no_memory else report_memory(args, with_pyg)

@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-OURS, PURE = "sparsegat.jax", "pure JAX"
+OURS, PURE, DIRECT = "sparsegat.jax", "pure JAX", "sparsegat (no JAX)"
 PASSES = ("forward", "forward+backward")
 SCORES = ("dot", "scaled_dot", "cosine", "euclidean", "additive", "gatv2")
 
@@ -120,6 +120,28 @@ class Problem:
                 "forward+backward": lambda: jax.block_until_ready(step(x["q"], x["k"], x["v"]))}
 
 
+def direct_calls(p: Problem, args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
+    """The same passes through sparsegat's own functions on NumPy arrays (no JAX): the
+    operator's time, against which the callback's overhead is measured. The backward
+    gets ``dout = R``, as ``grad`` of ``sum(out * R)`` hands it."""
+    import sparsegat as sg
+
+    x = {n: np.asarray(a) for n, a in p.inputs.items()}
+    options = dict(p.options)
+    if "att" in options:
+        options["att"] = np.asarray(options["att"])
+    R = np.asarray(p.R)
+
+    def forward() -> Any:
+        return sg.attention_forward(p.g, x["q"], x["k"], x["v"], backend=args.backend, **options)
+
+    def step() -> Any:
+        _, ctx = forward()
+        return sg.attention_backward(ctx, R)
+
+    return {"forward": forward, "forward+backward": step}
+
+
 def relative_error(a: Any, b: Any) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
@@ -174,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     print("relative error of sparsegat.jax against pure JAX: "
           + ", ".join(f"{n} {e:.1e}" for n, e in errors.items()))
     results: dict[str, dict[str, Any]] = {}
-    for impl in (OURS, PURE):
-        times = time_calls(p.calls(impl), warmup=args.warmup, repeat=args.repeat)
+    impls = (OURS, PURE) if args.platform == "gpu" else (OURS, DIRECT, PURE)
+    for impl in impls:
+        calls = direct_calls(p, args) if impl == DIRECT else p.calls(impl)
+        times = time_calls(calls, warmup=args.warmup, repeat=args.repeat)
         for name, t in times.items():
             results[f"{impl}: {name}"] = summarize(t)
     if not args.no_memory:
@@ -187,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         mem = r.get("peak_host_bytes")
         print(f"{key:<34} {format_seconds(r['median_s']):>10} {format_seconds(r['min_s']):>10} "
               f"{'-' if mem is None else f'{mem / 2**20:.0f} MiB':>18}")
+    if DIRECT in impls:
+        for name in PASSES:
+            ours, direct = results[f"{OURS}: {name}"], results[f"{DIRECT}: {name}"]
+            print(f"{name}: the JAX callback costs {100 * (ours['median_s'] / direct['median_s'] - 1):+.1f}% "
+                  f"over the operator called directly (median; {100 * (ours['min_s'] / direct['min_s'] - 1):+.1f}% "
+                  f"by the minimum)")
     for name in PASSES:
         ours, pure = results[f"{OURS}: {name}"], results[f"{PURE}: {name}"]
         line = f"{name}: sparsegat.jax is {pure['median_s'] / ours['median_s']:.2f}x the speed of pure JAX"

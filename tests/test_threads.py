@@ -85,3 +85,24 @@ def test_small_blas_products_run_on_one_thread():
         assert [c.num_threads for c in controllers] == before
     a, b = np.arange(12.0).reshape(3, 4), np.arange(8.0).reshape(4, 2)
     np.testing.assert_array_equal(blas_threads.matmul(a, b), a @ b)
+
+
+def test_tall_weight_gradients_are_blocked_deterministic_and_exact(monkeypatch):
+    from sparsegat import blas_threads
+
+    monkeypatch.setattr(blas_threads, "ROWS_PER_BLOCK", 64)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((1000, 7)), rng.standard_normal((1000, 5))
+    got = blas_threads.t_matmul(a, b)
+    np.testing.assert_allclose(got, a.T @ b, rtol=1e-12, atol=1e-12)
+    # the partials of the fixed 64-row blocks, summed in block order: bitwise that
+    expected = a[:64].T @ b[:64]
+    for s in range(64, 1000, 64):
+        expected += a[s:s + 64].T @ b[s:s + 64]
+    if blas_threads._blas_controllers():
+        np.testing.assert_array_equal(got, expected)
+    again = [blas_threads.t_matmul(a, b) for _ in range(3)]
+    for r in again:
+        np.testing.assert_array_equal(r, got)
+    small = blas_threads.t_matmul(a[:100], b[:100])  # below two blocks: a.T @ b itself
+    np.testing.assert_array_equal(small, a[:100].T @ b[:100])

@@ -27,7 +27,7 @@ from . import init
 from .base import SELF_LOOPS_KEY, AttentionLayer, Input, block_diag, block_diag_part, graph_with_self_loops
 from .edges import col_sum, edge_chunks, row_sum, scatter_sum
 from .heads import EdgeInputs, HeadsLayer, NodeInputs, leaky_relu, leaky_relu_grad
-from ..blas_threads import small_products_on_one_thread
+from ..blas_threads import small_products_on_one_thread, t_matmul
 from .module import check_positive_int, sparse_dense_matmul, sparse_t_matmul
 
 __all__ = ["GATConv", "GATv2Conv", "GraphAttention", "graph_with_self_loops", "SELF_LOOPS_KEY"]
@@ -265,20 +265,20 @@ class GATConv(HeadsLayer):
         H, C = self.heads, self.out_dim
         if c.h_dst is None:
             dh_src += da_src @ c.A_src.T
-            self.grads["att_src"] = block_diag_part(xp, c.h_src.T @ da_src, H, C, 0)
+            self.grads["att_src"] = block_diag_part(xp, t_matmul(c.h_src, da_src), H, C, 0)
             self.grads.pop("att_dst", None)
             return None
         if c.h_dst.shape[0] == c.h_src.shape[0] and c.inp.single and c.W_src is c.W_dst:
             # Square, one array, one W: both terms with one product each way, h @ [A_src | A_dst].
             G = xp.concatenate([da_src, da_dst], axis=1)
             dh_src += G @ xp.concatenate([c.A_src, c.A_dst], axis=1).T
-            M = c.h_src.T @ G
+            M = t_matmul(c.h_src, G)
             self.grads["att_src"] = block_diag_part(xp, M, H, C, 0)
             self.grads["att_dst"] = block_diag_part(xp, M, H, C, H)
             return None
         dh_src += da_src @ c.A_src.T
-        self.grads["att_src"] = block_diag_part(xp, c.h_src.T @ da_src, H, C, 0)
-        self.grads["att_dst"] = block_diag_part(xp, c.h_dst.T @ da_dst, H, C, 0)
+        self.grads["att_src"] = block_diag_part(xp, t_matmul(c.h_src, da_src), H, C, 0)
+        self.grads["att_dst"] = block_diag_part(xp, t_matmul(c.h_dst, da_dst), H, C, 0)
         return da_dst @ c.A_dst.T
 
     def _gat_edge_grads(self, c: _GATCache, dz: Any) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..arrays import array_kind, namespace, to_numpy
 from ..backends import optional_function
-from ..blas_threads import SMALL_PRODUCT, blas_threads_for
+from ..blas_threads import SMALL_PRODUCT, blas_threads_for, t_matmul
 from ..csr_format import check_csr
 from . import state as _state
 from .state import LoadResult, ParameterView
@@ -119,8 +119,9 @@ def sparse_dense_matmul(x: Any, w: Any, backend: str | None = None) -> Any:
 
 
 def sparse_t_matmul(x: Any, dy: Any) -> Any:
-    """``x.T @ dy`` for a sparse or dense ``x``: the weight gradient of a linear map."""
-    out = x.T @ dy
+    """``x.T @ dy`` for a sparse or dense ``x``: the weight gradient of a linear map
+    (dense NumPy: :func:`sparsegat.blas_threads.t_matmul`)."""
+    out = x.T @ dy if is_sparse(x) else t_matmul(x, dy)
     if is_sparse(out):  # pragma: no cover - sparse @ dense is dense in scipy and cupyx
         out = out.toarray()
     return out
