@@ -238,3 +238,22 @@ def test_elu_matches_its_definition_everywhere(alpha):
         ref = np.where(xd > 0, xd, dtype(alpha) * np.expm1(np.minimum(xd, 0)))
         assert y.dtype == dtype and np.array_equal(y, ref)
     assert np.isnan(nn.ELU(alpha).forward(np.array([[np.nan]]))).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("parts", [1, 2])
+def test_blockdiag_product_matches_the_matmul(dtype, parts):
+    """``dh += G @ A.T`` for A of block-diagonal parts (the GAT attention vectors)."""
+    from sparsegat.nn.base import block_diag
+
+    rng = np.random.default_rng(parts)
+    n, H, C = 37, 3, 5
+    A = np.concatenate([block_diag(np, rng.standard_normal((H, C)).astype(dtype)) for _ in range(parts)], axis=1)
+    G = rng.standard_normal((n, parts * H)).astype(dtype)
+    dh = rng.standard_normal((n, H * C)).astype(dtype)
+    expected = dh + G @ A.T
+    NUMBA.add_blockdiag_product(dh, G, A, C)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(dh, expected, rtol=tol, atol=tol)
+    assert optional_function("add_blockdiag_product", "numpy", "numba") is NUMBA.add_blockdiag_product
+    assert optional_function("add_blockdiag_product", "numpy", "numpy") is None

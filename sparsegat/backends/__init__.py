@@ -37,7 +37,7 @@ BACKEND_FUNCTIONS = ("forward", "backward", "weights")
 #: ``csr_matmul(indptr, indices, data, w) -> x @ w`` for a CSR ``x`` that has passed
 #: :func:`sparsegat.csr_format.check_csr`; ``adam_update(p, g, m, v, vmax, step, lr,
 #: betas, eps, weight_decay, decoupled, amsgrad, maximize)`` updates in place.
-OPTIONAL_FUNCTIONS = ("csr_matmul", "adam_update")
+OPTIONAL_FUNCTIONS = ("csr_matmul", "adam_update", "add_blockdiag_product")
 
 #: Backend name -> (module, array kind it takes, what to install).
 _BACKENDS = {

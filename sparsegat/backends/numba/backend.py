@@ -25,7 +25,7 @@ from ...arrays import aligned_empty
 from .backward import backward_kernels, pack_rows
 from .compile_notice import working_on
 from .threads import quiet_workers_before_start, threads_for
-from .dense import adam_update as adam_kernel, csr_matmul_rows
+from .dense import adam_update as adam_kernel, add_blockdiag_rows, csr_matmul_rows
 from .dropout import dropout_key
 from .forward import cosine_unit, forward_kernel, forward_repair_kernel, weights_kernel
 from .partition import balanced_chunks
@@ -256,6 +256,14 @@ def csr_matmul(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, w: np.
     out = np.empty((indptr.shape[0] - 1, w.shape[1]), dtype=w.dtype)
     csr_matmul_rows(indptr, indices, data, np.ascontiguousarray(w), out)
     return out
+
+
+def add_blockdiag_product(dh: np.ndarray, G: np.ndarray, A: np.ndarray, block: int) -> None:
+    """``dh += G @ A.T`` in place, for ``A`` (H*block, P*H) made of ``P`` block-diagonal parts
+    with blocks of ``block`` rows (a layer's attention vectors), ``dh`` (n, H*block) C-contiguous,
+    all of one float dtype. One pass over ``dh``, two multiply-adds per entry for ``P = 2``."""
+    with working_on(f"the layers ({dh.dtype})"), threads_for(dh.size * (G.shape[1] // max(1, dh.shape[1] // block))):
+        add_blockdiag_rows(dh, np.ascontiguousarray(G), np.ascontiguousarray(A), block)
 
 
 def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, vmax: np.ndarray | None,

@@ -9,6 +9,9 @@ ten passes and several temporaries per parameter array.
 * :func:`csr_matmul_rows`: ``out = x @ w`` for a CSR ``x``, parallel over rows
   (SciPy's product runs on one thread). ``x.T @ dy`` stays with SciPy: a
   compiled scatter over the nonzeros measured slower than SciPy's (docs/numba.md).
+* :func:`add_blockdiag_rows`: ``dh += G @ A.T`` for an ``A`` made of block-diagonal
+  parts (a layer's attention vectors): two multiply-adds per output instead of BLAS's
+  product over all ``P*H`` columns with a small inner dimension, one pass over ``dh``.
 * :func:`adam_update`: one pass of Adam/AdamW over a parameter array with the
   operations, order and rounding of :meth:`sparsegat.optim.Adam._update`, so
   both paths give bitwise-identical parameters (no fast-math).
@@ -37,6 +40,23 @@ def csr_matmul_rows(indptr, indices, data, w, out):
             wr = w[indices[p]]
             for c in range(C):
                 oi[c] += a * wr[c]
+
+
+@njit(fastmath={"nsz", "contract"}, **_OPTIONS)
+def add_blockdiag_rows(dh, G, A, C):
+    """``dh[i, j] += sum_p G[i, p*H + h] * A[j, p*H + h]`` with ``h = j // C``: ``dh += G @ A.T``
+    when every part ``A[:, p*H:(p+1)*H]`` is block-diagonal with blocks of ``C`` rows."""
+    n, HC = dh.shape
+    H = HC // C
+    P = G.shape[1] // H
+    for i in prange(n):
+        for h in range(H):
+            for c in range(C):
+                j = h * C + c
+                acc = dh[i, j]
+                for p in range(P):
+                    acc += G[i, p * H + h] * A[j, p * H + h]
+                dh[i, j] = acc
 
 
 @njit(cache=True, error_model="numpy", nogil=True)  # serial: waking threads costs more
