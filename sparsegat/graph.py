@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import array_kind, check_host_allocation, namespace as _namespace, to_numpy
+from . import _graph_build as _build
 from .csr_format import check_csr, row_ids as _row_ids
 
 INT32_MAX = np.iinfo(np.int32).max
@@ -88,8 +89,12 @@ def _seal_all(obj: Any) -> Any:
     return obj
 
 
-def _as_index_array(name: str, a: Any, xp: Any, ndim: int = 1) -> Any:
-    """Return ``a`` as an ``ndim``-D int32/int64 array of namespace ``xp`` (a copy, sealed on the host)."""
+def _as_index_array(name: str, a: Any, xp: Any, ndim: int = 1, copy: bool = True) -> Any:
+    """Return ``a`` as an ``ndim``-D int32/int64 array of namespace ``xp`` (a copy, sealed on the host).
+
+    With ``copy=False``, ``a`` as a validated ``ndim``-D integer array of namespace ``xp``,
+    of its own integer dtype and not copied (the caller copies what it keeps).
+    """
     arr = xp.asarray(a)
     if isinstance(a, (list, tuple)) and arr.size == 0:
         arr = arr.astype(np.int64)  # an empty Python list is an empty edge list, not float data
@@ -99,6 +104,8 @@ def _as_index_array(name: str, a: Any, xp: Any, ndim: int = 1) -> Any:
         raise ValueError(f"{name} must have an integer dtype, got {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) > INT64_MAX:
         raise ValueError(f"{name} has values up to {int(arr.max())}, which overflow int64 indices")
+    if not copy:
+        return arr
     if arr.dtype not in (np.int32, np.int64):
         arr = arr.astype(np.int64)
     # Copy before checking: the graph owns its arrays, so later changes by the caller (even
@@ -106,32 +113,68 @@ def _as_index_array(name: str, a: Any, xp: Any, ndim: int = 1) -> Any:
     return sealed(arr) if xp is np else arr.copy()
 
 
-def _edge_arrays(src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(src, dst)`` as validated 1-D int64 host arrays; ``dst=None`` splits a ``(2, E)`` ``src``."""
+def _edge_arrays(src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(src, dst, max_src, max_dst)``: the edge lists as validated 1-D host integer arrays
+    (not copied, any integer dtype) and their largest ids (-1 when empty); ``dst=None``
+    splits a ``(2, E)`` ``src``."""
     host = (lambda a: a if isinstance(a, (list, tuple)) else to_numpy(a))
     if dst is None:
-        edge_index = _as_index_array("edge_index", host(src), np, ndim=2)
+        edge_index = _as_index_array("edge_index", host(src), np, ndim=2, copy=False)
         if edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must have shape (2, E), got {edge_index.shape}")
         src, dst = edge_index[0], edge_index[1]
     else:
-        src, dst = _as_index_array("src", host(src), np), _as_index_array("dst", host(dst), np)
+        src = _as_index_array("src", host(src), np, copy=False)
+        dst = _as_index_array("dst", host(dst), np, copy=False)
     if src.shape != dst.shape:
         raise ValueError(f"src and dst must have the same length, got {src.shape[0]} and {dst.shape[0]}")
     for name, a in (("src", src), ("dst", dst)):
         if a.size and int(a.min()) < 0:
             raise ValueError(f"{name} must be non-negative, got {int(a.min())}")
-    return src.astype(np.int64, copy=False), dst.astype(np.int64, copy=False)
+    return src, dst, (int(src.max()) if src.size else -1), (int(dst.max()) if dst.size else -1)
 
 
-def _edge_shape(src: np.ndarray, dst: np.ndarray, num_src: Any, num_dst: Any) -> tuple[int, int]:
+def _owned_ids(name: str, a: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
+    """A C-contiguous copy of the checked ids ``a`` in ``dtype``, checked again.
+
+    The sorting routines trust the ids, so they get a copy that the caller cannot
+    change (even from another thread) after the check; the copy is checked again, as the
+    caller may have changed ``a`` between the first check and the copy.
+    """
+    out = a.astype(dtype, order="C", copy=True)
+    if out.size and (int(out.min()) < 0 or int(out.max()) >= n):
+        raise ValueError(f"{name} changed while the graph was being built from it")
+    return out
+
+
+def _edge_shape(max_src: int, max_dst: int, num_src: Any, num_dst: Any) -> tuple[int, int]:
     """``(n_dst, n_src)``: both counts as given, one count for a square graph, or PyG's inference."""
     if num_src is None and num_dst is None:
-        n = max(int(src.max()) if src.size else -1, int(dst.max()) if dst.size else -1) + 1
-        num_src = num_dst = n
+        num_src = num_dst = max(max_src, max_dst) + 1
     elif num_src is None or num_dst is None:
         num_src = num_dst = num_src if num_dst is None else num_dst
     return _check_shape((num_dst, num_src))
+
+
+def _raise_repeated(perm: np.ndarray, repeat: np.ndarray, src: np.ndarray, dst: np.ndarray) -> None:
+    """Raise the ``duplicates="error"`` error for the earliest input edge that repeats a pair."""
+    first = int(perm[repeat].min())
+    raise ValueError(f"edge {first} (src={int(src[first])}, dst={int(dst[first])}) "
+                     f"repeats an earlier edge; pass duplicates='keep' (multi-edges) or 'merge'")
+
+
+def _lexsorted(src: np.ndarray, dst: np.ndarray, duplicates: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, perm)`` of the edges in CSR order by a stable ``lexsort`` (repeats dropped
+    unless ``duplicates="keep"``); the fallback of the counting sort."""
+    perm = np.lexsort((src, dst))  # stable: copies of an edge keep their input order
+    indices, rows = src[perm], dst[perm]
+    if indices.size and duplicates != "keep":
+        repeat = np.zeros(indices.shape[0], dtype=bool)
+        repeat[1:] = (indices[1:] == indices[:-1]) & (rows[1:] == rows[:-1])
+        if duplicates == "error" and repeat.any():
+            _raise_repeated(perm, repeat, src, dst)
+        indices, perm = indices[~repeat], perm[~repeat]
+    return indices, perm
 
 
 class CSRGraph:
@@ -225,6 +268,8 @@ class CSRGraph:
             raise ValueError(f"A must be 2-D, got shape {A.shape}")
         # SciPy checks only O(1) properties when it builds a CSR/CSC/BSR matrix, and its
         # conversions trust indptr/indices: check them fully before anything reads them.
+        if A.format in ("csr", "csc") and _build.sparsetools() is not None:
+            return cls._from_compressed(A, index_dtype)
         if A.format == "csr":
             check_csr(A.indptr, A.indices, A.shape, name="A", dims=("A.shape[0]", "A.shape[1]"))
             rows, cols = _row_ids(A.indptr, np.int64), A.indices
@@ -240,6 +285,32 @@ class CSRGraph:
             rows, cols = coo.row, coo.col
         return cls.from_edge_index(cols, rows, num_src=A.shape[1], num_dst=A.shape[0], index_dtype=index_dtype,
                                    duplicates="merge")
+
+    @classmethod
+    def _from_compressed(cls, A: Any, index_dtype: Any) -> "CSRGraph":
+        """:meth:`from_scipy` of a CSR or CSC matrix without a global sort: sorted rows are
+        kept, unsorted ones sorted row by row, a CSC transposed by one counting sort;
+        then repeated entries are merged in one pass."""
+        n_dst, n_src = (int(n) for n in A.shape)
+        by_rows = A.format == "csr"
+        # Check sealed copies (no copy when A already holds sealed arrays): the routines
+        # below trust them, so the caller must not be able to change them after the check.
+        indptr, indices = sealed(np.asarray(A.indptr)), sealed(np.asarray(A.indices))
+        if by_rows:
+            check_csr(indptr, indices, (n_dst, n_src), name="A", dims=("A.shape[0]", "A.shape[1]"))
+        else:
+            check_csr(indptr, indices, (n_src, n_dst), name="A", dims=("A.shape[1]", "A.shape[0]"))
+        work = _build.work_dtype(n_dst, n_src, int(indices.shape[0]))
+        indptr, indices = indptr.astype(work, copy=False), indices.astype(work, copy=False)
+        if not by_rows:  # one stable transposition sorts the rows of a CSC
+            no_payload = np.zeros(indices.shape[0], dtype=np.int8)
+            indptr, indices, _ = _build.transpose(indptr, indices, n_dst, no_payload)
+        elif _build.rows_unsorted(indptr, indices):
+            indices = _build.sort_rows(indptr, indices)
+        indptr, indices, _ = _build.drop(indptr, indices, None, _build.repeated(indptr, indices))
+        dtype = _resolve_index_dtype(index_dtype, n_dst, n_src, indices.shape[0])
+        check_host_allocation((n_dst + 1) * (dtype.itemsize + 8), f"a graph of {n_dst} destination nodes")
+        return cls._trusted(indptr.astype(dtype, copy=False), indices.astype(dtype, copy=False), (n_dst, n_src))
 
     @classmethod
     def from_edge_index(cls, src: Any, dst: Any = None, num_src: int | None = None,
@@ -277,27 +348,30 @@ class CSRGraph:
         """
         if duplicates not in ("keep", "merge", "error"):
             raise ValueError(f"duplicates must be 'keep', 'merge' or 'error', got {duplicates!r}")
-        src, dst = _edge_arrays(src, dst)
-        n_dst, n_src = _edge_shape(src, dst, num_src, num_dst)
-        for name, a, n in (("src", src, n_src), ("dst", dst, n_dst)):
-            if a.size and int(a.max()) >= n:
-                raise ValueError(f"{name} has node id {int(a.max())}, out of range for {n} nodes")
-        perm = np.lexsort((src, dst))  # stable: copies of an edge keep their input order
-        src, dst = src[perm], dst[perm]
-        if src.size and duplicates != "keep":
-            repeat = np.zeros(src.shape[0], dtype=bool)
-            repeat[1:] = (src[1:] == src[:-1]) & (dst[1:] == dst[:-1])
-            if duplicates == "error" and repeat.any():
-                first = int(perm[repeat].min())  # the earliest input position that repeats a pair
-                raise ValueError(f"edge {first} (src={int(src[perm == first][0])}, dst={int(dst[perm == first][0])}) "
-                                 f"repeats an earlier edge; pass duplicates='keep' (multi-edges) or 'merge'")
-            src, dst, perm = src[~repeat], dst[~repeat], perm[~repeat]
-        dtype = _resolve_index_dtype(index_dtype, n_dst, n_src, src.shape[0])
+        src, dst, max_src, max_dst = _edge_arrays(src, dst)
+        n_dst, n_src = _edge_shape(max_src, max_dst, num_src, num_dst)
+        for name, top, n in (("src", max_src, n_src), ("dst", max_dst, n_dst)):
+            if top >= n:
+                raise ValueError(f"{name} has node id {top}, out of range for {n} nodes")
+        nnz = int(src.shape[0])
+        work = _build.work_dtype(n_dst, n_src, nnz)
+        src, dst = _owned_ids("src", src, n_src, work), _owned_ids("dst", dst, n_dst, work)
+        if _build.use_counting_sort(n_dst, n_src, nnz):
+            indptr, indices, perm = _build.sort_edges(src, dst, n_dst, n_src, with_perm=return_perm)
+            if duplicates != "keep":
+                repeat = _build.repeated(indptr, indices)
+                if duplicates == "error" and repeat.any():
+                    _raise_repeated(_build.sort_edges(src, dst, n_dst, n_src, with_perm=True)[2], repeat, src, dst)
+                indptr, indices, perm = _build.drop(indptr, indices, perm, repeat)
+        else:  # few edges among many nodes: a comparison sort beats O(nodes) counting
+            indptr, indices, perm = None, *_lexsorted(src, dst, duplicates)
+        dtype = _resolve_index_dtype(index_dtype, n_dst, n_src, indices.shape[0])
         check_host_allocation((n_dst + 1) * (dtype.itemsize + 8), f"a graph of {n_dst} destination nodes")
-        indptr = np.zeros(n_dst + 1, dtype=dtype)
-        np.cumsum(np.bincount(dst, minlength=n_dst), out=indptr[1:])
-        g = cls._trusted(indptr, src.astype(dtype), (n_dst, n_src))
-        return (g, perm.astype(np.int64)) if return_perm else g
+        if indptr is None:
+            indptr = np.zeros(n_dst + 1, dtype=dtype)
+            np.cumsum(np.bincount(dst[perm], minlength=n_dst), out=indptr[1:])
+        g = cls._trusted(indptr.astype(dtype, copy=False), indices.astype(dtype, copy=False), (n_dst, n_src))
+        return (g, perm.astype(np.int64, copy=False)) if return_perm else g
 
     # ------------------------------------------------------------------ properties
     @property
@@ -405,21 +479,7 @@ class CSRGraph:
             exactly one loop per node added, PyG's ``GATConv`` rule
             (``remove_self_loops`` then ``add_self_loops``).
         """
-        n_dst, n_src = self.shape
-        m = min(n_dst, n_src)
-        indptr, indices = to_numpy(self.indptr), to_numpy(self.indices).astype(np.int64)
-        rows = _row_ids(indptr, np.int64)
-        is_loop = indices == rows
-        if replace:
-            indices, rows = indices[~is_loop], rows[~is_loop]
-            loops = np.arange(m, dtype=np.int64)
-        else:
-            has_loop = np.zeros(m, dtype=bool)
-            has_loop[rows[is_loop]] = True
-            loops = np.flatnonzero(~has_loop).astype(np.int64)
-        g = CSRGraph.from_edge_index(np.concatenate([indices, loops]), np.concatenate([rows, loops]),
-                                     num_src=n_src, num_dst=n_dst, index_dtype=self.index_dtype)
-        return g.to(self.device)
+        return self_loops_with_edge_ids(self, replace=replace, edge_ids=False)[0].to(self.device)
 
     def with_index_dtype(self, dtype: Any) -> "CSRGraph":
         """Return the same graph with int32 or int64 index arrays."""
@@ -464,6 +524,38 @@ class CSRGraph:
         return sp.csr_matrix((np.ones(indices.shape[0]), indices, indptr), shape=self.shape)
 
 
+def self_loops_with_edge_ids(g: CSRGraph, *, replace: bool = True,
+                             edge_ids: bool = True) -> tuple[CSRGraph, np.ndarray | None]:
+    """``g.with_self_loops(replace=replace)`` on the host, and where its edges come from.
+
+    One merge pass over the sorted rows (no sort): the loops go in after each row's
+    columns below ``i``, the other edges keep their order.
+
+    Parameters
+    ----------
+    g : CSRGraph
+        On either device (the result is on the host).
+    replace : bool
+        As :meth:`CSRGraph.with_self_loops`.
+    edge_ids : bool
+        Also return the map back to ``g``.
+
+    Returns
+    -------
+    graph : CSRGraph
+        On the host, in ``g``'s index dtype.
+    ids : ndarray of int64 or None
+        ``(graph.nnz,)``: the CSR position in ``g`` of every edge, -1 for an added loop
+        (``None`` without ``edge_ids``).
+    """
+    n_dst, n_src = g.shape
+    indptr, indices, ids = _build.with_self_loops(to_numpy(g.indptr), to_numpy(g.indices), g.shape,
+                                                  replace=bool(replace), edge_ids=edge_ids)
+    dtype = _resolve_index_dtype(g.index_dtype, n_dst, n_src, indices.shape[0])
+    out = CSRGraph._trusted(indptr.astype(dtype), indices.astype(dtype, copy=False), g.shape)
+    return out, ids
+
+
 #: Key prefixes of :meth:`CSRGraph.cached` entries that only host backends read:
 #: :meth:`CSRGraph.to` leaves them behind when it moves a graph to the GPU.
 HOST_ONLY_CACHES = ("numba.",)
@@ -492,6 +584,11 @@ def transpose_csr(indptr: Any, indices: Any, n_src: int, dtype: Any, rows: Any =
     """
     xp = _namespace(indices)
     dtype = np.dtype(dtype)
+    if xp is np and _build.sparsetools() is not None:  # a counting sort, stable like the one below
+        work = np.promote_types(indptr.dtype, indices.dtype)
+        t = _build.transpose(np.ascontiguousarray(indptr, dtype=work), np.ascontiguousarray(indices, dtype=work),
+                             n_src)
+        return tuple(a.astype(dtype, copy=False) for a in t)
     # A stable sort keeps CSR order among the edges of a column. CuPy's argsort is always
     # stable (documented since CuPy 7; older releases take no ``kind``).
     order = xp.argsort(indices, kind="stable") if xp is np else xp.argsort(indices)

@@ -463,9 +463,10 @@ def test_interrupt_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(f for f in os.listdir(os.path.join(REPO, "bench")) if f.endswith(".py"))
-#: Scripts that diagnose the CUDA backend itself (its kernels' resources, its runtime on a
-#: first GPU run), so they read ``sparsegat.backends.cuda`` on purpose.
-BACKEND_DIAGNOSTICS = {"cuda_resources.py", "gpu_first_run.py"}
+#: Scripts that diagnose a backend itself (the CUDA kernels' resources, their runtime on a
+#: first GPU run, the cost of the numba backend's per-graph plans), so they read
+#: ``sparsegat.backends`` on purpose.
+BACKEND_DIAGNOSTICS = {"cuda_resources.py", "gpu_first_run.py", "graph_setup.py", "kernel_threads.py"}
 
 
 def test_chung_lu_edges_are_seeded_distinct_and_loop_free():

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..arrays import array_kind, namespace, to_numpy
-from ..graph import CSRGraph
+from ..graph import CSRGraph, self_loops_with_edge_ids
 
 #: Cache key (``CSRGraph.cached``) of a graph's :class:`LoopedGraph`.
 SELF_LOOPS_KEY = "sparsegat.nn:self_loops"
@@ -68,22 +68,11 @@ def self_loops(g: CSRGraph) -> LoopedGraph:
 
 
 def _build_self_loops(g: CSRGraph) -> LoopedGraph:
-    n_dst, n_src = g.shape
-    m = min(n_dst, n_src)
-    indptr, cols = to_numpy(g.indptr), to_numpy(g.indices).astype(np.int64)
-    rows = np.repeat(np.arange(n_dst, dtype=np.int64), np.diff(indptr))
-    keep = np.flatnonzero(cols != rows)
-    loops = np.arange(m, dtype=np.int64)
-    g2, perm = CSRGraph.from_edge_index(np.concatenate([cols[keep], loops]), np.concatenate([rows[keep], loops]),
-                                        num_src=n_src, num_dst=n_dst, index_dtype=g.index_dtype,
-                                        return_perm=True)
-    n_keep = keep.shape[0]
-    edge_ids = np.full(perm.shape, -1, dtype=np.int64)
-    is_kept = perm < n_keep
-    edge_ids[is_kept] = keep[perm[is_kept]]
+    m = min(g.shape)
+    g2, edge_ids = self_loops_with_edge_ids(g)  # one merge pass over the sorted rows, no sort
     kept_pos = np.flatnonzero(edge_ids >= 0)
     loop_pos = np.flatnonzero(edge_ids < 0)  # one per row i < m, in row order
-    in_count = np.bincount(rows[keep], minlength=n_dst)[:m].astype(np.int64)
+    in_count = np.diff(to_numpy(g2.indptr))[:m].astype(np.int64) - 1  # row i < m less its one loop
     arrays = (edge_ids, kept_pos, edge_ids[kept_pos], loop_pos, in_count)
     if g.device != "numpy":
         xp = namespace(g.device)

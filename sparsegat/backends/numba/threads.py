@@ -5,7 +5,7 @@ costs microseconds; on a busy one (another process on the cores, or BLAS threads
 spinning) a worker that is not running holds every barrier up for a scheduler time
 slice, and small kernels became 20-50x slower. So:
 
-- work below :data:`SERIAL_WORK` (about a millisecond on one core) runs on the calling
+- work below :data:`SERIAL_WORK` (several milliseconds on one core) runs on the calling
   thread alone (``numba.set_num_threads(1)`` for the call: no wake-up, no barrier),
   as PyTorch does below its grain size;
 - larger work hands the row chunks out dynamically (``numba.parallel_chunksize``), so a
@@ -32,8 +32,10 @@ from numba.np.ufunc import parallel as _numba_parallel
 
 from ..._tuning import quiet_openmp_workers
 
-#: Work (edges x heads x features, about one multiply-add each) below which a call runs on one thread.
-SERIAL_WORK = 1 << 20
+#: Work (edges x heads x features, about one multiply-add each) below which a call runs on one
+#: thread: about 7 ms forward on the 2-core VM, where a second thread paid only above this
+#: (docs/performance.md, bench/kernel_threads.py).
+SERIAL_WORK = 1 << 24
 #: Row chunks (:mod:`.partition`) a thread takes at a time when chunks are handed out dynamically.
 CHUNKS_PER_GRAB = 2
 
