@@ -28,15 +28,6 @@ def model_bytes(pg, heads: int, dv: int, itemsize: int) -> dict:
 
 
 def main() -> None:
-    import dask
-    import dask.array as da
-    from distributed import Client
-
-    import sparsegat as sg
-    from sparsegat.distributed import partition_graph
-    from sparsegat.distributed.cluster import local_cluster
-    from sparsegat.distributed.ops import attention_backward, attention_forward, row_array
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=100_000)
     p.add_argument("--degree", type=int, default=16)
@@ -46,6 +37,16 @@ def main() -> None:
     p.add_argument("--reorder", choices=("rcm",), default=None)
     p.add_argument("--backend", default=None)
     a = p.parse_args()
+    # Dask only now: --help works without the 'distributed' extra
+    import dask
+    import dask.array as da
+    from distributed import Client
+
+    import sparsegat as sg
+    from sparsegat.distributed import partition_graph
+    from sparsegat.distributed.cluster import local_cluster
+    from sparsegat.distributed.ops import attention_backward, attention_forward, row_array
+
     rng = np.random.default_rng(0)
     n, H, C = a.nodes, 8, 8
     src = rng.integers(0, n, n * a.degree)
