@@ -75,3 +75,12 @@ def check_host_allocation(nbytes: int, what: str) -> None:
     if total is not None and nbytes > total:
         raise MemoryError(f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's "
                           f"{total / 2**30:.1f} GiB of memory")
+
+
+def write_into(target: Any, result: Any) -> Any:
+    """``result`` copied into ``target`` (unless it is that array already); ``result`` when no
+    target: the ``out=`` rule of the operator's functions and backends."""
+    if target is None or target is result:
+        return result
+    target[...] = result
+    return target

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import array_kind, namespace, to_numpy
+from .arrays import array_kind, namespace, to_numpy, write_into
 from .backends import array_kind_of, get_backend, select_backend
 from .dropout import drop_threshold, mix_seed
 from .graph import CSRGraph
@@ -237,14 +237,6 @@ def _gradient_targets(ctx: AttentionContext, out: Any, kind: str, dout: Any) -> 
             if namespace(kind).may_share_memory(a1, a2):
                 raise ValueError(f"out[{n1!r}] and out[{n2!r}] share memory; pass separate arrays")
     return targets
-
-
-def write_into(target: Any, result: Any) -> Any:
-    """``result`` copied into ``target`` (unless it is that array already); ``result`` when no target."""
-    if target is None or target is result:
-        return result
-    target[...] = result
-    return target
 
 
 # ---------------------------------------------------------------------- the NaN/inf rule

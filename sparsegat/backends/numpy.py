@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from ..arrays import write_into
 from ..dropout import keep_mask
 from ..spec import COSINE_EPS, ROW_LOG_DENOM, ROW_MAX, AttentionSpec
 
@@ -170,11 +171,7 @@ def forward(g: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: Any, edge_
     """Scores, row softmax, dropout, aggregation (copied into ``out`` when given); saves
     the row max and log-denominator (n_dst, H)."""
     p, m, log_denom = _softmax(g, _scores(g, q, k, att, edge_bias, spec))
-    result = _aggregate(g, _dropped(p, spec), v)
-    if out is not None:
-        out[...] = result
-        result = out
-    return result, {ROW_MAX: m, ROW_LOG_DENOM: log_denom}
+    return write_into(out, _aggregate(g, _dropped(p, spec), v)), {ROW_MAX: m, ROW_LOG_DENOM: log_denom}
 
 
 @_quiet

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import cupy
 
+from ...arrays import write_into
 from ...spec import AttentionSpec
 from . import launch
 
@@ -93,10 +94,7 @@ def forward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: Atte
     """Fused forward (copied into ``out`` when given, on the current stream); saves the
     per-row max score and log-denominator, (n_dst, H) each."""
     result, saved = launch.forward(g, q, k, v, att, edge_bias, spec, _RUNTIME)
-    if out is not None:
-        out[...] = result
-        result = out
-    return result, saved
+    return write_into(out, result), saved
 
 
 def backward(g: Any, q: Any, k: Any, v: Any, att: Any, edge_bias: Any, spec: AttentionSpec,
